@@ -1,0 +1,121 @@
+"""Every latentkit hook, documented.
+
+A plugin is a module (or object) with functions decorated by :data:`latentkit.hookimpl`, named
+after the specs below, and published under the setuptools entry-point group ``latentkit``::
+
+    [project.entry-points.latentkit]
+    my_plugin = "my_package.plugin"
+
+Two families of hooks exist:
+
+* **registration hooks**, one per component kind, each given a
+  :class:`~latentkit.plugins.Registrar` whose ``add(name, factory, summary=...)`` registers a
+  component. Built-in components are registered by built-in plugin modules through exactly
+  these hooks.
+* **lifecycle hooks** fired by the shared training and sampling loop, so that logging, EMA,
+  profiling and the like can be plugins too. Their return values are ignored.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from latentkit.plugins import Registrar
+
+__all__ = ["hookimpl", "hookspec"]
+
+PROJECT = "latentkit"
+
+#: Marker for hook specifications (latentkit itself).
+hookspec = pluggy.HookspecMarker(PROJECT)
+#: Marker for hook implementations (plugins).
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# ----------------------------------------------------------------- registration hooks
+
+
+@hookspec
+def latentkit_register_autoencoders(registry: Registrar) -> None:
+    """Register first-stage autoencoders.
+
+    Called once, when the plugin manager first loads plugins (lazily, on the first query).
+    ``registry.add(name, factory, summary=...)`` registers a factory returning an
+    :class:`~latentkit.interfaces.Autoencoder`. Return value ignored.
+    """
+
+
+@hookspec
+def latentkit_register_denoisers(registry: Registrar) -> None:
+    """Register denoiser backbones (:class:`~latentkit.interfaces.Denoiser` factories).
+
+    Called once at plugin loading; return value ignored.
+    """
+
+
+@hookspec
+def latentkit_register_conditioners(registry: Registrar) -> None:
+    """Register conditioners (:class:`~latentkit.interfaces.Conditioner` factories).
+
+    Called once at plugin loading; return value ignored.
+    """
+
+
+@hookspec
+def latentkit_register_samplers(registry: Registrar) -> None:
+    """Register samplers (:class:`~latentkit.interfaces.Sampler` factories).
+
+    Called once at plugin loading; return value ignored.
+    """
+
+
+@hookspec
+def latentkit_register_schedules(registry: Registrar) -> None:
+    """Register noise schedules (:class:`~latentkit.interfaces.Schedule` factories).
+
+    Called once at plugin loading; return value ignored.
+    """
+
+
+@hookspec
+def latentkit_register_datasets(registry: Registrar) -> None:
+    """Register datasets (:class:`~latentkit.interfaces.Dataset` factories).
+
+    Called once at plugin loading; return value ignored.
+    """
+
+
+# ----------------------------------------------------------------- lifecycle hooks
+
+
+@hookspec
+def latentkit_train_start(trainer: Any) -> None:
+    """Called by the trainer once before the first step (after a resume, too).
+
+    ``trainer`` exposes ``model``, ``config``, ``step`` and ``output_dir``.
+    """
+
+
+@hookspec
+def latentkit_train_step_end(trainer: Any, step: int, metrics: dict[str, float]) -> None:
+    """Called after each optimizer step with the global ``step`` (1-based) and that step's
+    ``metrics`` (``loss``, ``lr``, ``grad_norm``, and the model's own loss terms)."""
+
+
+@hookspec
+def latentkit_checkpoint_saved(trainer: Any, step: int, path: str) -> None:
+    """Called after a checkpoint was written completely (atomically) to ``path``."""
+
+
+@hookspec
+def latentkit_train_end(trainer: Any, step: int) -> None:
+    """Called once when training stops normally, with the last step."""
+
+
+@hookspec
+def latentkit_sampling_step(info: dict[str, Any]) -> None:
+    """Called once per sampler step by the shared sampling loop, with the sampler callback's
+    dict (``i``, ``x``, ``sigma``, ``sigma_next``, ``denoised``) plus ``total`` steps."""

@@ -209,7 +209,7 @@ class PluginManager:
         self.pm.add_hookspecs(hookspecs)
         self._components: dict[str, dict[str, ComponentInfo]] = {k: {} for k in KINDS}
         self._dists: dict[str, tuple[str | None, str | None]] = {}
-        self.broken: list[BrokenPlugin] = []
+        self._broken: list[BrokenPlugin] = []
         self._loaded = False
         self._lock = threading.RLock()
 
@@ -235,7 +235,13 @@ class PluginManager:
             raise PluginError(
                 f"plugin {plugin!r} (distribution {dist}) failed at {stage}: {broken.error}"
             ) from exc
-        self.broken.append(broken)
+        self._broken.append(broken)
+
+    @property
+    def broken(self) -> list[BrokenPlugin]:
+        """Plugins that failed to import or register (loads plugins first)."""
+        self.load()
+        return list(self._broken)
 
     def _is_blocked(self, *names: str | None) -> bool:
         return any(n in self.block for n in names if n)
@@ -255,7 +261,13 @@ class PluginManager:
         for module in BUILTIN_PLUGINS:
             found.append((module, lambda m=module: importlib.import_module(m), "latentkit", version))
         if self.autoload:
-            for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            # Sorted, so that which of two clashing plugins loses does not depend on sys.path
+            # listing order.
+            eps = sorted(
+                metadata.entry_points(group=ENTRY_POINT_GROUP),
+                key=lambda ep: (getattr(getattr(ep, "dist", None), "name", "") or "", ep.name),
+            )
+            for ep in eps:
                 dist = getattr(ep, "dist", None)
                 found.append((ep.name, ep.load, dist.name if dist else None, dist.version if dist else None))
         for module in _env_list("LATENTKIT_PLUGINS"):

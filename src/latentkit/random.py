@@ -15,7 +15,7 @@ import torch
 
 from latentkit.errors import ShapeError
 
-__all__ = ["Generators", "generators_from_seed", "randn", "randn_like", "rand"]
+__all__ = ["Generators", "generators_from_seed", "rand", "randn", "randn_like"]
 
 #: One generator for the whole batch, one per item, or ``None`` for torch's global RNG.
 Generators: TypeAlias = "torch.Generator | Sequence[torch.Generator] | None"

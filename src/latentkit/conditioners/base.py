@@ -1,0 +1,183 @@
+"""Shared machinery of the built-in conditioners: frozen/trainable handling, output selection,
+input validation and safe loading of local weight files.
+
+A *frozen* conditioner (``trainable=False``) sets ``requires_grad=False`` on its encoder's
+parameters, keeps the encoder in eval mode whatever ``train()`` says (so dropout and batch-norm
+statistics never change, as LDM's ``FrozenCLIPEmbedder`` does) and runs it without building an
+autograd graph. Small learned adapters added on top of a frozen encoder (the projections of
+``timm_image``) stay trainable: they are new weights and mean nothing untrained.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from latentkit.errors import ShapeError
+from latentkit.interfaces import Conditioner
+from latentkit.specs import Conditioning
+
+__all__ = [
+    "BaseConditioner",
+    "as_label_tensor",
+    "as_pair_tensor",
+    "as_string_list",
+    "load_weights_file",
+    "parse_outputs",
+    "set_conditioner_trainable",
+]
+
+#: The entries a conditioner may produce.
+ENTRIES: tuple[str, ...] = ("crossattn", "concat", "vector")
+
+
+def parse_outputs(
+    outputs: str | Iterable[str], allowed: Sequence[str], owner: str
+) -> tuple[str, ...]:
+    """Normalise an ``outputs`` config (``"vector"``, ``["crossattn", "vector"]``, ``"both"``)
+    to a tuple of entry names, in the order of ``allowed``; unknown names raise ``ValueError``."""
+    if isinstance(outputs, str):
+        names = list(allowed) if outputs == "both" else [outputs]
+    else:
+        names = list(outputs)
+    unknown = [n for n in names if n not in allowed]
+    if unknown or not names:
+        raise ValueError(
+            f"{owner}: outputs must be a non-empty subset of {list(allowed)} (or 'both'), "
+            f"got {outputs!r}"
+        )
+    return tuple(n for n in allowed if n in names)
+
+
+def load_weights_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Load a state dict from a local file, safely: ``.safetensors`` through safetensors,
+    anything else through ``torch.load(weights_only=True)`` (no pickled code runs).
+
+    A checkpoint that nests its weights under ``state_dict``, ``model`` or ``module`` is
+    unwrapped, and a ``module.`` prefix (DataParallel / DDP) is stripped.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file {path!r} does not exist")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        obj: Any = load_file(path, device="cpu")
+    else:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "module"):
+        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
+            obj = obj[key]
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"weights file {path!r} holds a {type(obj).__name__}, not a state dict")
+    out: dict[str, torch.Tensor] = {}
+    for k, v in obj.items():
+        if isinstance(v, torch.Tensor):
+            out[k[len("module."):] if k.startswith("module.") else k] = v
+    return out
+
+
+def as_string_list(value: Any, *, key: str, owner: str) -> list[str]:
+    """Validate a batch entry that must be a sequence of strings (e.g. ``caption``)."""
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise ShapeError(
+            f"{owner}: batch[{key!r}] must be a list of strings (one per item), "
+            f"got {type(value).__name__}"
+        )
+    bad = [i for i, v in enumerate(value) if not isinstance(v, str)]
+    if bad:
+        raise ShapeError(
+            f"{owner}: batch[{key!r}] must hold strings; item {bad[0]} is "
+            f"{type(value[bad[0]]).__name__}"
+        )
+    return list(value)
+
+
+def as_label_tensor(value: Any, *, key: str, owner: str, high: int) -> torch.Tensor:
+    """Validate integer labels (B,) in ``[0, high]`` and return them as a LongTensor."""
+    t = torch.as_tensor(value)
+    if t.ndim != 1 or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise ShapeError(
+            f"{owner}: batch[{key!r}] must be an integer tensor of shape (B,), got "
+            f"shape {tuple(t.shape)} and dtype {t.dtype}"
+        )
+    t = t.long()
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) > high):
+        raise ShapeError(
+            f"{owner}: batch[{key!r}] must lie in [0, {high}], got values in "
+            f"[{int(t.min())}, {int(t.max())}]"
+        )
+    return t
+
+
+def as_pair_tensor(value: Any, *, key: str, owner: str, batch: int | None = None) -> torch.Tensor:
+    """Validate a (B, 2) numeric batch entry (sizes, crop offsets) and return it as float64."""
+    t = torch.as_tensor(value)
+    if t.ndim != 2 or t.shape[1] != 2 or t.is_complex() or t.dtype == torch.bool:
+        raise ShapeError(
+            f"{owner}: batch[{key!r}] must have shape (B, 2), got shape {tuple(t.shape)}"
+        )
+    if batch is not None and t.shape[0] != batch:
+        raise ShapeError(
+            f"{owner}: batch[{key!r}] has {t.shape[0]} items, expected {batch} like the other keys"
+        )
+    return t.to(torch.float64)
+
+
+def set_conditioner_trainable(conditioner: Conditioner, trainable: bool) -> None:
+    """Freeze or unfreeze any conditioner: built-ins through :meth:`BaseConditioner.set_trainable`,
+    third-party ones by setting ``requires_grad`` on all their parameters."""
+    if isinstance(conditioner, BaseConditioner):
+        conditioner.set_trainable(trainable)
+    else:
+        conditioner.trainable = bool(trainable)
+        conditioner.requires_grad_(bool(trainable))
+
+
+class BaseConditioner(Conditioner):
+    """A :class:`~latentkit.interfaces.Conditioner` with frozen-encoder handling.
+
+    Subclasses list the modules that ``trainable=False`` freezes in :meth:`frozen_modules`
+    (default: every child module) and call :meth:`set_trainable` once their modules exist.
+    """
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """Modules frozen when ``trainable`` is False (the pretrained encoder)."""
+        return list(self.children())
+
+    def set_trainable(self, trainable: bool) -> None:
+        """Freeze (``requires_grad=False``, eval mode) or unfreeze the encoder."""
+        self.trainable = bool(trainable)
+        for module in self.frozen_modules():
+            module.requires_grad_(self.trainable)
+            if not self.trainable:
+                module.eval()
+            else:
+                module.train(self.training)
+
+    def train(self, mode: bool = True) -> BaseConditioner:
+        """``nn.Module.train``, but a frozen encoder stays in eval mode."""
+        super().train(mode)
+        if not self.trainable:
+            for module in self.frozen_modules():
+                module.eval()
+        return self
+
+    def encoder_grad(self) -> torch.autograd.grad_mode.set_grad_enabled:
+        """Context manager: build a graph through the encoder only when it is trainable."""
+        return torch.set_grad_enabled(self.trainable and torch.is_grad_enabled())
+
+    def _owner(self, method: str = "forward") -> str:
+        return f"{type(self).__name__}.{method}"
+
+    def _batch_size(self, batch: Mapping[str, Any]) -> int:
+        """Check the keys (clear ``KeyError``) and return the batch size."""
+        return self.check_batch(batch)
+
+    @staticmethod
+    def _empty() -> Conditioning:
+        return Conditioning()

@@ -1,0 +1,404 @@
+"""Atomic checkpoints: weights in safetensors, training state in JSON + safetensors.
+
+A checkpoint is a directory ``<run>/checkpoints/step_<N>/`` holding
+
+* ``model.safetensors`` — the model's ``state_dict``;
+* ``ema.safetensors`` — the EMA weights (when EMA is on);
+* ``state.safetensors`` — every tensor of the training state (optimizer moments, RNG states);
+* ``state.json`` — the rest of the training state (step, data position, scheduler, ...), with
+  tensors replaced by references into ``state.safetensors``, and a manifest of the other files
+  (size and SHA-256 of each), written last.
+
+Nothing is ever unpickled: the state is plain JSON plus safetensors, and :func:`to_json_state`
+/ :func:`from_json_state` round-trip the nested dicts, lists, tuples, int-keyed dicts and
+tensors that ``state_dict()`` methods of optimizers, schedulers and grad scalers return.
+
+Writing is atomic (all files go to a temporary sibling directory, each file is fsync'ed, the
+directory is fsync'ed, renamed into place, and the parent fsync'ed), so a crash at any moment
+leaves every earlier checkpoint whole. Loading verifies the manifest; a truncated or corrupt
+checkpoint raises :class:`CheckpointError`, and :func:`latest_checkpoint` falls back to the
+newest intact one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import safetensors.torch
+import torch
+
+from latentkit.errors import LatentkitError
+
+__all__ = [
+    "CheckpointError",
+    "LoadedCheckpoint",
+    "atomic_write_bytes",
+    "checkpoint_dirs",
+    "from_json_state",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "load_weights",
+    "prune_checkpoints",
+    "save_checkpoint",
+    "to_json_state",
+]
+
+FORMAT_VERSION = 1
+MANIFEST = "state.json"
+MODEL_FILE = "model.safetensors"
+EMA_FILE = "ema.safetensors"
+STATE_TENSORS_FILE = "state.safetensors"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+class CheckpointError(LatentkitError, RuntimeError):
+    """A checkpoint is missing, truncated or corrupt (the message names the file and why)."""
+
+
+# ----------------------------------------------------------------------- serialisation
+
+
+def to_json_state(obj: Any, tensors: dict[str, torch.Tensor], prefix: str) -> Any:
+    """Turn a nested ``state_dict``-like object into JSON, moving tensors into ``tensors``.
+
+    Tensors become ``{"__tensor__": key}`` (stored on CPU, contiguous), tuples
+    ``{"__tuple__": [...]}`` and dicts with non-string keys ``{"__items__": [[k, v], ...]}``.
+    Raises ``TypeError`` for anything else that JSON cannot hold (no silent pickling).
+    """
+    if isinstance(obj, torch.Tensor):
+        key = f"{prefix}"
+        if key in tensors:
+            raise ValueError(f"duplicate tensor key {key!r} while serialising state")
+        tensors[key] = obj.detach().to("cpu").contiguous().clone()
+        return {"__tensor__": key}
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        if obj != obj or obj in (float("inf"), float("-inf")):
+            return {"__float__": repr(obj)}
+        return obj
+    if isinstance(obj, tuple):
+        return {"__tuple__": [to_json_state(v, tensors, f"{prefix}.{i}") for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [to_json_state(v, tensors, f"{prefix}.{i}") for i, v in enumerate(obj)]
+    if isinstance(obj, Mapping):
+        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+            return {k: to_json_state(v, tensors, f"{prefix}.{k}") for k, v in obj.items()}
+        items = []
+        for k, v in obj.items():
+            if not isinstance(k, (str, int, bool)) and k is not None:
+                raise TypeError(f"cannot serialise dict key {k!r} of type {type(k).__name__} at {prefix}")
+            items.append([k, to_json_state(v, tensors, f"{prefix}.{k}")])
+        return {"__items__": items}
+    if hasattr(obj, "item") and hasattr(obj, "dtype"):  # numpy scalar
+        return to_json_state(obj.item(), tensors, prefix)
+    if type(obj).__module__ == "numpy" and type(obj).__name__ == "ndarray":
+        return {"__ndarray__": to_json_state(torch.from_numpy(obj.copy()), tensors, prefix)}
+    raise TypeError(
+        f"cannot serialise {type(obj).__name__} at {prefix!r} into a checkpoint: only tensors, "
+        "numbers, strings, None, lists, tuples and dicts are stored (no pickle)"
+    )
+
+
+def from_json_state(obj: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
+    """Inverse of :func:`to_json_state`."""
+    if isinstance(obj, list):
+        return [from_json_state(v, tensors) for v in obj]
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            key = obj["__tensor__"]
+            if key not in tensors:
+                raise CheckpointError(f"state refers to tensor {key!r}, missing from {STATE_TENSORS_FILE}")
+            return tensors[key]
+        if "__tuple__" in obj:
+            return tuple(from_json_state(v, tensors) for v in obj["__tuple__"])
+        if "__items__" in obj:
+            return {k: from_json_state(v, tensors) for k, v in obj["__items__"]}
+        if "__float__" in obj:
+            return float(obj["__float__"])
+        if "__ndarray__" in obj:
+            return from_json_state(obj["__ndarray__"], tensors).numpy()
+        return {k: from_json_state(v, tensors) for k, v in obj.items()}
+    return obj
+
+
+def _weights_for_safetensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU, contiguous, unshared copies (safetensors refuses tensors that share memory)."""
+    out: dict[str, torch.Tensor] = {}
+    for k, v in state.items():
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"state_dict entry {k!r} is a {type(v).__name__}, not a tensor")
+        out[k] = v.detach().to("cpu").contiguous().clone()
+    return out
+
+
+# ----------------------------------------------------------------------- atomic writes
+
+
+def _fsync_dir(path: Path) -> None:
+    """fsync a directory so a rename inside it survives a power cut (no-op where unsupported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: temporary file in the same directory, fsync,
+    rename over ``path``, fsync of the directory. Readers see the old or the new file, never a
+    partial one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        _write_synced(tmp, data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------- save / list / prune
+
+
+def checkpoint_dirs(directory: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every ``step_<N>`` directory under ``directory``, oldest first
+    (intact or not; temporary directories of interrupted writes are not listed)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = []
+    for p in directory.iterdir():
+        m = _STEP_DIR.match(p.name)
+        if m and p.is_dir():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def save_checkpoint(
+    directory: str | os.PathLike[str],
+    step: int,
+    *,
+    model_state: Mapping[str, torch.Tensor],
+    ema_state: Mapping[str, torch.Tensor] | None = None,
+    state: Mapping[str, Any] | None = None,
+    keep_last: int | None = None,
+) -> Path:
+    """Write checkpoint ``step`` atomically under ``directory`` and return its path.
+
+    ``state`` is any nested structure :func:`to_json_state` accepts (tensors go to
+    ``state.safetensors``). With ``keep_last=K`` only the newest K intact checkpoints are
+    kept afterwards. A checkpoint of the same step is replaced atomically.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob(".tmp-step_*"):  # left by a crash during an earlier write
+        shutil.rmtree(stale, ignore_errors=True)
+    name = f"step_{int(step):08d}"
+    final = directory / name
+    tmp = directory / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        files: dict[str, dict[str, Any]] = {}
+
+        def put(filename: str, data: bytes) -> None:
+            _write_synced(tmp / filename, data)
+            files[filename] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+        put(MODEL_FILE, safetensors.torch.save(_weights_for_safetensors(model_state)))
+        if ema_state is not None:
+            put(EMA_FILE, safetensors.torch.save(_weights_for_safetensors(ema_state)))
+        tensors: dict[str, torch.Tensor] = {}
+        json_state = to_json_state(dict(state or {}), tensors, "state")
+        put(STATE_TENSORS_FILE, safetensors.torch.save(tensors))
+        manifest = {
+            "format": "latentkit-checkpoint",
+            "format_version": FORMAT_VERSION,
+            "step": int(step),
+            "files": files,
+            "state": json_state,
+        }
+        # The manifest is written last: a directory without it is never a valid checkpoint.
+        _write_synced(tmp / MANIFEST, json.dumps(manifest, indent=1, allow_nan=False).encode())
+        _fsync_dir(tmp)
+        if final.exists():
+            trash = directory / f".tmp-{name}-old-{uuid.uuid4().hex[:8]}"
+            os.rename(final, trash)
+            os.rename(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(directory)
+    if keep_last is not None:
+        prune_checkpoints(directory, keep_last)
+    return final
+
+
+def prune_checkpoints(directory: str | os.PathLike[str], keep_last: int) -> list[Path]:
+    """Delete all but the newest ``keep_last`` intact checkpoints (corrupt ones older than the
+    oldest kept one go too). Returns the deleted paths."""
+    if keep_last < 1:
+        raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+    dirs = checkpoint_dirs(directory)
+    intact = [(s, p) for s, p in dirs if _quick_intact(p)]
+    kept = {p for _, p in intact[-keep_last:]}
+    oldest_kept = min((s for s, p in intact if p in kept), default=None)
+    removed = []
+    for s, p in dirs:
+        if p in kept or (oldest_kept is not None and s > oldest_kept):
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
+
+
+def _quick_intact(path: Path) -> bool:
+    """Manifest present and every file of the size it names (no hashing)."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+        return all((path / f).stat().st_size == info["bytes"] for f, info in manifest["files"].items())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+# ----------------------------------------------------------------------- load
+
+
+@attrs.frozen
+class LoadedCheckpoint:
+    """A verified checkpoint: ``step``, ``model`` weights, ``ema`` weights (or ``None``) and
+    the training ``state`` (nested dicts with tensors restored)."""
+
+    path: Path
+    step: int
+    model: dict[str, torch.Tensor] = attrs.field(repr=False)
+    ema: dict[str, torch.Tensor] | None = attrs.field(repr=False)
+    state: dict[str, Any] = attrs.field(repr=False)
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    manifest_path = path / MANIFEST
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} does not exist (or is not a directory)")
+    if not manifest_path.exists():
+        raise CheckpointError(
+            f"checkpoint {path} is incomplete: {MANIFEST} is missing (the write was interrupted)"
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path}: {MANIFEST} is unreadable or truncated: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != "latentkit-checkpoint":
+        raise CheckpointError(f"checkpoint {path}: {MANIFEST} is not a latentkit checkpoint manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path}: format version {manifest.get('format_version')} is not "
+            f"supported (this latentkit reads version {FORMAT_VERSION})"
+        )
+    return manifest
+
+
+def _verify(path: Path, manifest: Mapping[str, Any], verify_hash: bool) -> None:
+    for filename, info in manifest["files"].items():
+        fp = path / filename
+        if not fp.exists():
+            raise CheckpointError(f"checkpoint {path} is corrupt: {filename} is missing")
+        size = fp.stat().st_size
+        if size != info["bytes"]:
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt: {filename} has {size} bytes, expected "
+                f"{info['bytes']} (truncated or overwritten)"
+            )
+        if verify_hash and _sha256(fp) != info["sha256"]:
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt: {filename} does not match its SHA-256 in {MANIFEST}"
+            )
+
+
+def _load_tensors(path: Path, filename: str) -> dict[str, torch.Tensor]:
+    try:
+        return safetensors.torch.load_file(path / filename)
+    except Exception as exc:  # safetensors raises its own error type for bad headers
+        raise CheckpointError(f"checkpoint {path}: cannot read {filename}: {exc}") from exc
+
+
+def load_checkpoint(path: str | os.PathLike[str], *, verify_hash: bool = True) -> LoadedCheckpoint:
+    """Load and verify a checkpoint directory (sizes always, SHA-256 unless told not to).
+
+    Raises :class:`CheckpointError` naming the file and the problem when the checkpoint is
+    incomplete, truncated or corrupt.
+    """
+    path = Path(path)
+    manifest = _read_manifest(path)
+    _verify(path, manifest, verify_hash)
+    files = manifest["files"]
+    model = _load_tensors(path, MODEL_FILE)
+    ema = _load_tensors(path, EMA_FILE) if EMA_FILE in files else None
+    tensors = _load_tensors(path, STATE_TENSORS_FILE)
+    state = from_json_state(manifest["state"], tensors)
+    return LoadedCheckpoint(path=path, step=int(manifest["step"]), model=model, ema=ema, state=state)
+
+
+def latest_checkpoint(
+    directory: str | os.PathLike[str], *, verify_hash: bool = True
+) -> LoadedCheckpoint | None:
+    """The newest intact checkpoint under ``directory`` (``None`` when there is none).
+
+    A corrupt or truncated newer checkpoint is reported with a warning that names it and the
+    problem, and the previous one is used.
+    """
+    for _step, path in reversed(checkpoint_dirs(directory)):
+        try:
+            return load_checkpoint(path, verify_hash=verify_hash)
+        except CheckpointError as exc:
+            warnings.warn(f"skipping checkpoint: {exc}; falling back to the previous one", stacklevel=2)
+    return None
+
+
+def load_weights(
+    path: str | os.PathLike[str], *, ema: bool = True, verify_hash: bool = True
+) -> dict[str, torch.Tensor]:
+    """Model weights of a checkpoint directory (or of a ``checkpoints/`` folder: its newest
+    intact checkpoint); the EMA weights when present and ``ema`` is true."""
+    path = Path(path)
+    ckpt = load_checkpoint(path, verify_hash=verify_hash) if (path / MANIFEST).exists() else latest_checkpoint(path, verify_hash=verify_hash)
+    if ckpt is None:
+        raise CheckpointError(f"no intact checkpoint found under {path}")
+    return ckpt.ema if (ema and ckpt.ema is not None) else ckpt.model

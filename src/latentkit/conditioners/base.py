@@ -19,7 +19,6 @@ from torch import nn
 
 from latentkit.errors import ShapeError
 from latentkit.interfaces import Conditioner
-from latentkit.specs import Conditioning
 
 __all__ = [
     "BaseConditioner",
@@ -30,10 +29,6 @@ __all__ = [
     "parse_outputs",
     "set_conditioner_trainable",
 ]
-
-#: The entries a conditioner may produce.
-ENTRIES: tuple[str, ...] = ("crossattn", "concat", "vector")
-
 
 def parse_outputs(
     outputs: str | Iterable[str], allowed: Sequence[str], owner: str
@@ -143,7 +138,13 @@ class BaseConditioner(Conditioner):
 
     Subclasses list the modules that ``trainable=False`` freezes in :meth:`frozen_modules`
     (default: every child module) and call :meth:`set_trainable` once their modules exist.
+    ``encoder_trainable`` keeps the configured flag; the ``trainable`` attribute of the
+    interface then says whether anything is left to train (a frozen encoder under a learned
+    projection is still trainable as a whole, and :class:`~latentkit.LatentDiffusion` trains
+    exactly the parameters with ``requires_grad``).
     """
+
+    encoder_trainable: bool = True
 
     def frozen_modules(self) -> list[nn.Module]:
         """Modules frozen when ``trainable`` is False (the pretrained encoder)."""
@@ -151,33 +152,26 @@ class BaseConditioner(Conditioner):
 
     def set_trainable(self, trainable: bool) -> None:
         """Freeze (``requires_grad=False``, eval mode) or unfreeze the encoder."""
-        self.trainable = bool(trainable)
+        self.encoder_trainable = bool(trainable)
         for module in self.frozen_modules():
-            module.requires_grad_(self.trainable)
-            if not self.trainable:
+            module.requires_grad_(self.encoder_trainable)
+            if not self.encoder_trainable:
                 module.eval()
             else:
                 module.train(self.training)
+        self.trainable = any(p.requires_grad for p in self.parameters())
 
     def train(self, mode: bool = True) -> BaseConditioner:
         """``nn.Module.train``, but a frozen encoder stays in eval mode."""
         super().train(mode)
-        if not self.trainable:
+        if not self.encoder_trainable:
             for module in self.frozen_modules():
                 module.eval()
         return self
 
     def encoder_grad(self) -> torch.autograd.grad_mode.set_grad_enabled:
         """Context manager: build a graph through the encoder only when it is trainable."""
-        return torch.set_grad_enabled(self.trainable and torch.is_grad_enabled())
+        return torch.set_grad_enabled(self.encoder_trainable and torch.is_grad_enabled())
 
     def _owner(self, method: str = "forward") -> str:
         return f"{type(self).__name__}.{method}"
-
-    def _batch_size(self, batch: Mapping[str, Any]) -> int:
-        """Check the keys (clear ``KeyError``) and return the batch size."""
-        return self.check_batch(batch)
-
-    @staticmethod
-    def _empty() -> Conditioning:
-        return Conditioning()

@@ -11,18 +11,18 @@ weighting ``lambda(sigma)`` (Karras et al. 2022, Eq. 2 and 8) is the target-spac
 with the parameterization's own ``c_out``, so it is the same objective for ``eps``, ``v``,
 ``x0`` and ``edm``:
 
-============== ====================================== ==========================================
-name           lambda(sigma) (x0 space)               published form it reproduces
-============== ====================================== ==========================================
-``uniform``    1 / c_out^2                            plain MSE on the target (DDPM's L_simple)
-``min_snr``    min(SNR, gamma)                        Hang et al. 2023, Eq. 8-10: eps
-                                                      min(SNR, g)/SNR, v min(SNR, g)/(SNR+1),
-                                                      x0 min(SNR, g)
-``soft_min_snr`` (1/SNR + 1/gamma)^-1                 Crowson et al. 2024 (HDiT); with
-                                                      gamma = 1/sigma_data^2, k-diffusion's
-                                                      ``(sigma sd)^2 / (sigma^2 + sd^2)^2`` for edm
-``edm``        (sigma^2 + sd^2) / (sigma sd)^2         Karras et al. 2022, Table 1
-============== ====================================== ==========================================
+================ ================================ ==========================================
+name             lambda(sigma), x0 space          published form it reproduces
+================ ================================ ==========================================
+``uniform``      1 / c_out^2                      plain MSE on the target (DDPM's L_simple)
+``min_snr``      min(SNR, gamma)                  Hang et al. 2023: eps
+                                                  min(SNR, g)/SNR, v min(SNR, g)/(SNR+1),
+                                                  x0 min(SNR, g)
+``soft_min_snr`` (1/SNR + 1/gamma)^-1             Crowson et al. 2024 (HDiT); with
+                                                  gamma = 1/sigma_data^2, k-diffusion's
+                                                  (sigma sd)^2 / (sigma^2 + sd^2)^2 for edm
+``edm``          (sigma^2 + sd^2) / (sigma sd)^2  Karras et al. 2022, Table 1
+================ ================================ ==========================================
 
 ``SNR = 1 / sigma^2`` (= alpha^2 / sigma_vp^2 of a variance-preserving process).
 """
@@ -97,7 +97,7 @@ class UniformWeighting(LossWeighting):
 
 class MinSNRWeighting(LossWeighting):
     """Min-SNR-gamma (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting
-    Strategy", Eq. 8): ``lambda = min(SNR, gamma)`` in x0 space."""
+    Strategy"): ``lambda = min(SNR, gamma)`` in x0 space."""
 
     name = "min_snr"
 
@@ -237,11 +237,12 @@ class DiffusionObjective:
         output = model.model_output(x, sigma, cond)
         target = param.target(x0, x, sigma)
         dims = tuple(range(1, x0.ndim))
-        mse_target = (output.float() - target.float()).pow(2).mean(dim=dims)
-        weight = self.weighting.target_weight(sigma.float(), param)
+        dtype = torch.promote_types(x0.dtype, torch.float32)  # bf16/fp16 losses in fp32
+        mse_target = (output.to(dtype) - target.to(dtype)).pow(2).mean(dim=dims)
+        weight = self.weighting.target_weight(sigma.to(dtype), param)
         per_sample = weight * mse_target
         with torch.no_grad():
-            c_out = param.c_out(sigma.float())
+            c_out = param.c_out(sigma.to(dtype))
             mse_x0 = c_out**2 * mse_target
         return {
             "loss": per_sample.mean(),

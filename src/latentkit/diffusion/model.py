@@ -1,0 +1,584 @@
+"""The composed model: :class:`LatentDiffusion` (Rombach et al. 2022, Sec. 3.2-3.3).
+
+A frozen first stage (autoencoder), a denoiser backbone, an optional conditioner, a noise
+schedule and a parameterization make one ``nn.Module`` that trains with :meth:`loss` and
+generates with :meth:`sample`, :meth:`img2img`, :meth:`inpaint` and :meth:`super_resolve`.
+With the ``identity`` autoencoder it is a pixel-space diffusion model through the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, overload
+
+import torch
+from torch import nn
+
+from latentkit.composition import validate_composition
+from latentkit.diffusion.guidance import ClassifierFreeGuidance, DynamicThresholding
+from latentkit.diffusion.objective import DiffusionObjective, LossWeighting
+from latentkit.diffusion.parameterizations import Parameterization, ParameterizedDenoiser
+from latentkit.errors import ShapeError
+from latentkit.interfaces import Autoencoder, Conditioner, DenoiseFn, Denoiser, Sampler, Schedule
+from latentkit.random import Generators, generators_from_seed, randn
+from latentkit.specs import Conditioning
+
+__all__ = ["DATA_KEYS", "LatentDiffusion", "downsample_mask"]
+
+#: The batch key of the data tensor for each layout (what datasets yield).
+DATA_KEYS: dict[str, str] = {"CHW": "image", "CTHW": "video", "CDHW": "volume", "CL": "signal"}
+
+
+def downsample_mask(mask: torch.Tensor, factors: Sequence[int]) -> torch.Tensor:
+    """Data-resolution mask (B, 1, *spatial) -> latent-resolution mask (B, 1, *spatial // f).
+
+    A latent cell is "to generate" (1) when any data pixel it covers is; only cells whose
+    pixels are all known stay known. Works for any number of spatial axes.
+    """
+    b, c, *spatial = mask.shape
+    if len(spatial) != len(factors) or any(s % f for s, f in zip(spatial, factors)):
+        raise ShapeError(
+            f"mask spatial size {tuple(spatial)} must be divisible by the latent downsampling "
+            f"factors {tuple(factors)}"
+        )
+    shape = [b, c]
+    for s, f in zip(spatial, factors):
+        shape += [s // f, f]
+    cells = mask.reshape(shape)  # (B, 1, S1, f1, S2, f2, ...)
+    return cells.amax(dim=tuple(3 + 2 * i for i in range(len(spatial))))
+
+
+class _KeepKnown:
+    """Inpainting by blending (Avrahami et al. 2023, "Blended Latent Diffusion"; the
+    known-region replacement of Lugmayr et al. 2022, RePaint): the x0 estimate is the known latent ``z0`` wherever ``mask`` is 0.
+
+    For the probability-flow ODE this keeps the known region of ``x`` at exactly
+    ``z0 + sigma * n``, so every sampler ends on ``z0`` there.
+    """
+
+    def __init__(self, denoise: DenoiseFn, known: torch.Tensor, mask: torch.Tensor) -> None:
+        self.denoise = denoise
+        self.known = known
+        self.mask = mask  # 1 = generate, 0 = keep; broadcasts over channels
+
+    def __call__(self, x: torch.Tensor, sigma: Any, **extra: Any) -> torch.Tensor:
+        """x0 estimate with the known region replaced by the known latents."""
+        denoised = self.denoise(x, sigma, **extra)
+        return torch.lerp(self.known, denoised, self.mask.to(denoised.dtype))
+
+
+class LatentDiffusion(nn.Module):
+    """Latent diffusion model: autoencoder + denoiser + conditioner + schedule +
+    parameterization (Rombach et al. 2022).
+
+    Construction runs :func:`latentkit.validate_composition` first, so parts that do not fit
+    raise :class:`~latentkit.errors.CompositionError` before any forward pass; then the
+    conditioner is bound to the autoencoder (:meth:`Conditioner.bind`) and the autoencoder
+    (and any non-trainable conditioner) is frozen.
+
+    Parameters:
+        autoencoder: first stage; frozen.
+        denoiser: backbone; trained.
+        conditioner: turns batch data into conditioning; ``None`` for unconditional models.
+        schedule: a :class:`Schedule` or the name of a registered one.
+        parameterization: ``"eps"``, ``"v"``, ``"x0"``, ``"edm"`` or a
+            :class:`~latentkit.diffusion.Parameterization`.
+        loss_weighting: ``"uniform"``, ``"min_snr"``, ``"soft_min_snr"``, ``"edm"`` or a
+            :class:`~latentkit.diffusion.LossWeighting`.
+        gamma: gamma of ``min_snr`` / ``soft_min_snr``.
+        offset_noise: offset-noise strength (Guttenberg 2023); 0 = off.
+        sigma_data: data standard deviation for the parameterization (defaults: 1 for
+            eps/v/x0, the schedule's for edm).
+        sample_posterior: encode training data with a posterior sample (True) or its mode.
+        latent_size: default latent spatial size for :meth:`sample` when nothing else
+            determines it.
+        data_key: batch key of the data tensor (default from the layout: ``image``,
+            ``video``, ``volume`` or ``signal``).
+
+    The loss terms for logging (batch means of the unweighted target- and x0-space errors
+    and of sigma) come from :meth:`loss_terms`, or ``loss(batch, return_terms=True)``.
+    """
+
+    def __init__(
+        self,
+        autoencoder: Autoencoder,
+        denoiser: Denoiser,
+        conditioner: Conditioner | None = None,
+        schedule: Schedule | str = "scaled_linear",
+        parameterization: str | Parameterization = "eps",
+        loss_weighting: str | LossWeighting = "uniform",
+        *,
+        gamma: float | None = None,  # min_snr / soft_min_snr gamma
+        offset_noise: float = 0.0,  # offset-noise strength
+        sigma_data: float | None = None,  # parameterization's sigma_data override
+        sample_posterior: bool = True,  # training latents: posterior sample or mode
+        latent_size: Sequence[int] | None = None,  # default latent spatial size for sample()
+        data_key: str | None = None,  # batch key of the data tensor
+    ) -> None:
+        super().__init__()
+        validate_composition(autoencoder, denoiser, conditioner)
+        if isinstance(schedule, str):
+            from latentkit.plugins import create
+
+            schedule = create("schedule", schedule)
+        if not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule must be a latentkit Schedule or a name, got {type(schedule).__name__}")
+        self.autoencoder = autoencoder
+        self.denoiser = denoiser
+        self.conditioner = conditioner
+        self.schedule = schedule
+        # Not a registered submodule: the backbone is registered once, as ``denoiser``, so
+        # state_dict keys are ``denoiser.*`` and nothing is saved twice.
+        self.__dict__["parameterized"] = ParameterizedDenoiser(
+            denoiser, schedule, parameterization, sigma_data=sigma_data
+        )
+        self.objective = DiffusionObjective(loss_weighting, gamma=gamma, offset_noise=offset_noise)
+        self.sample_posterior = bool(sample_posterior)
+        self.latent_size = None if latent_size is None else tuple(int(s) for s in latent_size)
+        self.data_key = data_key or DATA_KEYS.get(autoencoder.data_spec.layout, "image")
+        if conditioner is not None:
+            conditioner.bind(autoencoder)
+            if not conditioner.trainable:
+                conditioner.requires_grad_(False)
+        autoencoder.requires_grad_(False)
+        self.train(True)
+
+    def extra_repr(self) -> str:
+        """Schedule, parameterization and objective, shown by ``print(model)``."""
+        return f"schedule={self.schedule!r}, parameterization={self.parameterization!r}, objective={self.objective!r}"
+
+    # ------------------------------------------------------------------ properties
+
+    parameterized: ParameterizedDenoiser  # set in __init__, kept out of the module tree
+
+    @property
+    def parameterization(self) -> Parameterization:
+        """The parameterization (scalings, target, x0 conversion)."""
+        return self.parameterized.parameterization
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the denoiser's parameters."""
+        for p in self.denoiser.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    @property
+    def is_pixel_space(self) -> bool:
+        """True when the first stage is the identity (diffusion runs on the data itself)."""
+        from latentkit.autoencoders.identity import IdentityAutoencoder
+
+        return isinstance(self.autoencoder, IdentityAutoencoder)
+
+    def train(self, mode: bool = True) -> LatentDiffusion:
+        """``nn.Module.train``, keeping the frozen parts in eval mode."""
+        super().train(mode)
+        self.autoencoder.eval()
+        if self.conditioner is not None and not self.conditioner.trainable:
+            self.conditioner.eval()
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters that receive gradients: the denoiser's and a trainable conditioner's."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def denoise(self, x: torch.Tensor, sigma: Any, cond: Conditioning | None = None,
+                **extra: Any) -> torch.Tensor:
+        """The parameterized model ``D(x, sigma, cond) -> x0`` that samplers integrate."""
+        return self.parameterized.denoise(x, sigma, cond, **extra)
+
+    # ------------------------------------------------------------------ first stage
+
+    def _move(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        device = self.device
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, *, generator: Generators = None, sample: bool = False) -> torch.Tensor:
+        """Data -> normalised latents (posterior mode unless ``sample``)."""
+        return self.autoencoder.encode_normalized(
+            x.to(self.device, torch.float32), generator=generator, sample=sample
+        )
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Normalised latents -> data."""
+        return self.autoencoder.decode_normalized(z)
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """``decode(encode(x))`` through the posterior mode: what img2img at strength 0
+        returns."""
+        return self.decode(self.encode(x))
+
+    def _latents(self, batch: Mapping[str, Any], generator: Generators) -> torch.Tensor:
+        if "latents" in batch:
+            z = self.autoencoder.check_latent(batch["latents"]).to(self.device, torch.float32)
+            return self.autoencoder.normalize(z)
+        if self.data_key not in batch:
+            raise KeyError(
+                f"LatentDiffusion.loss needs the data under batch key {self.data_key!r} (or raw "
+                f"cached latents under 'latents'); found keys {sorted(batch)}"
+            )
+        return self.encode(batch[self.data_key], generator=generator, sample=self.sample_posterior)
+
+    # ------------------------------------------------------------------ training
+
+    def loss_terms(self, batch: Mapping[str, Any], *, generator: Generators = None) -> dict[str, torch.Tensor]:
+        """Training loss terms for one batch.
+
+        Encodes ``batch[data_key]`` with the frozen autoencoder (or normalises the raw cached
+        latents in ``batch["latents"]``), applies the conditioner with its dropout (in
+        training mode), draws noise levels and noise from ``generator``, and returns
+        ``loss`` (the scalar to minimise) plus detached batch means ``mse_target``
+        (unweighted, target space), ``mse_x0`` (unweighted, x0 space) and ``sigma``.
+        """
+        batch = self._move(batch)
+        x0 = self._latents(batch, generator)
+        cond = None
+        if self.conditioner is not None:
+            if self.training:
+                cond = self.conditioner.forward_with_dropout(batch, generator)
+            else:
+                cond = self.conditioner(batch)
+            cond = cond.to(self.device)
+        terms = self.objective(self.parameterized, x0, cond, generator=generator)
+        return {
+            "loss": terms["loss"],
+            "mse_target": terms["mse_target"].mean(),
+            "mse_x0": terms["mse_x0"].mean(),
+            "sigma": terms["sigma"].mean(),
+        }
+
+    @overload
+    def loss(
+        self, batch: Mapping[str, Any], *, generator: Generators = ..., return_terms: Literal[False] = ...
+    ) -> torch.Tensor: ...
+
+    @overload
+    def loss(
+        self, batch: Mapping[str, Any], *, generator: Generators = ..., return_terms: Literal[True]
+    ) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+    def loss(
+        self, batch: Mapping[str, Any], *, generator: Generators = None, return_terms: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, float]]:
+        """The scalar training loss of ``batch`` (see :meth:`loss_terms`).
+
+        With ``return_terms=True`` returns ``(loss, terms)`` where ``terms`` maps each term's
+        name to a float, for logging.
+        """
+        terms = self.loss_terms(batch, generator=generator)
+        if return_terms:
+            return terms["loss"], {k: float(v.detach()) for k, v in terms.items()}
+        return terms["loss"]
+
+    def forward(self, batch: Mapping[str, Any], **kwargs: Any) -> torch.Tensor | tuple[torch.Tensor, dict[str, float]]:
+        """Same as :meth:`loss` (so DDP and ``torch.compile`` see the training step)."""
+        return self.loss(batch, **kwargs)
+
+    # ------------------------------------------------------------------ sampling
+
+    def _batch_size(self, batch: Mapping[str, Any] | int | None) -> tuple[dict[str, Any], int]:
+        if isinstance(batch, int) and not isinstance(batch, bool):
+            if batch < 1:
+                raise ValueError(f"sample: the number of samples must be >= 1, got {batch}")
+            if self.conditioner is not None and self.conditioner.input_keys:
+                self.conditioner.check_batch({})  # raises, naming the keys it needs
+            return {}, batch
+        if not isinstance(batch, Mapping):
+            raise TypeError(f"sample: expected a batch dict or a number of samples, got {type(batch).__name__}")
+        batch = dict(batch)
+        if self.conditioner is not None and self.conditioner.input_keys:
+            n = self.conditioner.check_batch(batch)
+            if n:
+                return batch, n
+        for value in batch.values():
+            if isinstance(value, (torch.Tensor, list, tuple)) and len(value):
+                return batch, len(value)
+        raise ValueError(f"sample: cannot tell the batch size from a batch with keys {sorted(batch)}")
+
+    def _conditioning(
+        self,
+        batch: Mapping[str, Any],
+        need_uncond: bool,
+        negative: Mapping[str, Any] | None,
+        uncond: Conditioning | None,
+    ) -> tuple[Conditioning | None, Conditioning | None]:
+        if self.conditioner is None:
+            return None, None
+        cond = self.conditioner(batch).to(self.device)
+        if not need_uncond:
+            return cond, None
+        if uncond is None:
+            if negative is not None:
+                uncond = self.conditioner({**batch, **self._move(negative)})
+            else:
+                uncond = self.conditioner.null(batch)
+        return cond, uncond.to(self.device)
+
+    def _resolve_latent_size(
+        self, cond: Conditioning | None, latent_size: Sequence[int] | None, init: torch.Tensor | None
+    ) -> tuple[int, ...]:
+        if init is not None:
+            return tuple(init.shape[2:])
+        if cond is not None and cond.concat is not None:
+            found = tuple(cond.concat.shape[2:])
+            if latent_size is not None and tuple(latent_size) != found:
+                raise ShapeError(
+                    f"sample: latent_size {tuple(latent_size)} differs from the spatial size "
+                    f"{found} of the conditioner's concat output"
+                )
+            return found
+        size = latent_size if latent_size is not None else self.latent_size
+        if size is None:
+            raise ValueError(
+                "sample: pass latent_size=(...) (the latent spatial size) or set it at "
+                "construction; it cannot be inferred from this batch"
+            )
+        return tuple(int(s) for s in size)
+
+    @torch.no_grad()
+    def _generate(
+        self,
+        batch: Mapping[str, Any] | int | None,
+        *,
+        sampler: str | Sampler,
+        steps: int,
+        spacing: str | None,
+        sigmas: torch.Tensor | None,
+        guidance_scale: float,
+        guidance_rescale: float,
+        guidance_interval: Sequence[float] | None,
+        rescale_space: str | None,
+        negative: Mapping[str, Any] | None,
+        uncond: Conditioning | None,
+        dynamic_threshold: float | None,
+        seed: int | None,
+        generator: Generators,
+        latent_size: Sequence[int] | None,
+        noise: torch.Tensor | None,
+        callback: Callable[[dict[str, Any]], None] | None,
+        return_latents: bool,
+        init: torch.Tensor | None = None,
+        strength: float = 1.0,
+        keep_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        batch, n = self._batch_size(batch)
+        batch = self._move(batch)
+        device = self.device
+        guided = self.conditioner is not None and (guidance_scale != 1.0 or guidance_rescale != 0.0)
+        cond, unc = self._conditioning(batch, guided, negative, uncond)
+        size = self._resolve_latent_size(cond, latent_size, init)
+        shape = self.autoencoder.latent_spec.shape(n, size)
+        if init is not None and tuple(init.shape) != shape:
+            raise ShapeError(f"sample: initial latents have shape {tuple(init.shape)}, expected {shape}")
+
+        if sigmas is None:
+            sigmas = self.schedule.sigmas(steps, spacing, device=device)
+        sigmas = torch.as_tensor(sigmas, device=device, dtype=torch.float32)
+        if init is not None and strength < 1.0:
+            if not 0.0 <= strength <= 1.0:
+                raise ValueError(f"strength must lie in [0, 1], got {strength}")
+            total = len(sigmas) - 1
+            start = total - min(int(total * strength), total)  # as diffusers' img2img
+            sigmas = sigmas[start:]
+
+        gens: Generators = generators_from_seed(seed, n, device) if seed is not None else generator
+        if noise is None:
+            noise = randn(shape, gens, device=device)
+        elif tuple(noise.shape) != shape:
+            raise ShapeError(f"sample: noise has shape {tuple(noise.shape)}, expected {shape}")
+        noise = noise.to(device, torch.float32)
+        if init is not None and strength < 1.0:
+            x = init + sigmas[0] * noise
+        else:
+            x = sigmas[0] * noise
+
+        denoise: DenoiseFn = self.parameterized.denoise
+        extra_args: dict[str, Any] = {"cond": cond}
+        if guided:
+            denoise = ClassifierFreeGuidance(
+                denoise, guidance_scale, rescale=guidance_rescale,
+                rescale_space=rescale_space or self.parameterization.name,
+                interval=guidance_interval,
+            )
+            extra_args["uncond"] = unc
+        if dynamic_threshold is not None:
+            if not self.is_pixel_space:
+                raise ValueError(
+                    "dynamic thresholding clips the x0 estimate to the data's value range, so it "
+                    "applies to pixel-space models (identity autoencoder) only"
+                )
+            lo, hi = self.autoencoder.data_spec.value_range
+            value_range = (
+                float(self.autoencoder.normalize(torch.tensor(lo))),
+                float(self.autoencoder.normalize(torch.tensor(hi))),
+            )
+            denoise = DynamicThresholding(denoise, dynamic_threshold, tuple(sorted(value_range)))  # type: ignore[arg-type]
+        if keep_mask is not None and init is not None:
+            denoise = _KeepKnown(denoise, init, keep_mask)
+
+        if len(sigmas) > 1:
+            from latentkit.plugins import create
+
+            solver: Sampler = create("sampler", sampler) if isinstance(sampler, str) else sampler
+            z = solver.sample(
+                denoise, x, sigmas, extra_args=extra_args,
+                callback=self._step_callback(callback, len(sigmas) - 1), generator=gens,
+            )
+        else:
+            z = x
+        if keep_mask is not None and init is not None:
+            z = torch.lerp(init, z, keep_mask.to(z.dtype))
+        return z if return_latents else self.decode(z)
+
+    @staticmethod
+    def _step_callback(
+        callback: Callable[[dict[str, Any]], None] | None, total: int
+    ) -> Callable[[dict[str, Any]], None]:
+        from latentkit.plugins import get_plugin_manager
+
+        hook = get_plugin_manager().hook
+
+        def step(info: dict[str, Any]) -> None:
+            if callback is not None:
+                callback(info)
+            hook.latentkit_sampling_step(info={**info, "total": total})
+
+        return step
+
+    def sample(
+        self,
+        batch: Mapping[str, Any] | int,
+        *,
+        sampler: str | Sampler = "euler",
+        steps: int = 20,
+        spacing: str | None = None,
+        sigmas: torch.Tensor | None = None,
+        guidance_scale: float = 1.0,
+        guidance_rescale: float = 0.0,
+        guidance_interval: Sequence[float] | None = None,
+        rescale_space: str | None = None,
+        negative: Mapping[str, Any] | None = None,
+        uncond: Conditioning | None = None,
+        dynamic_threshold: float | None = None,
+        seed: int | None = None,
+        generator: Generators = None,
+        latent_size: Sequence[int] | None = None,
+        noise: torch.Tensor | None = None,
+        callback: Callable[[dict[str, Any]], None] | None = None,
+        return_latents: bool = False,
+    ) -> torch.Tensor:
+        """Generate from noise and decode (txt2img, class-conditional or unconditional).
+
+        Parameters:
+            batch: conditioning inputs (a dict read by the conditioner), or the number of
+                samples for a model without conditioner.
+            sampler: a registered sampler's name or a :class:`Sampler`.
+            steps, spacing: ``schedule.sigmas(steps, spacing)``; ``sigmas`` overrides both.
+            guidance_scale: classifier-free guidance weight (1 = off).
+            guidance_rescale: Lin et al.'s phi, in ``rescale_space`` (default: this model's
+                parameterization, as diffusers does).
+            guidance_interval: ``(sigma_lo, sigma_hi)`` where guidance applies.
+            negative: batch entries for the negative prompt (e.g. ``{"caption": [...]}``),
+                used instead of the conditioner's null input; ``uncond`` gives the
+                unconditional :class:`Conditioning` directly.
+            dynamic_threshold: percentile for dynamic thresholding (pixel-space only).
+            seed: per-item generators ``seed + i`` (item ``i`` is the same at any batch
+                size); ``generator``: one generator or one per item.
+            latent_size: latent spatial size (inferred from concat conditioning if any).
+            noise: the initial standard-normal noise (scaled by ``sigmas[0]`` here).
+            callback: called once per step with the sampler's dict.
+            return_latents: return normalised latents instead of decoded data.
+        """
+        return self._generate(
+            batch, sampler=sampler, steps=steps, spacing=spacing, sigmas=sigmas,
+            guidance_scale=guidance_scale, guidance_rescale=guidance_rescale,
+            guidance_interval=guidance_interval, rescale_space=rescale_space, negative=negative,
+            uncond=uncond, dynamic_threshold=dynamic_threshold, seed=seed, generator=generator,
+            latent_size=latent_size, noise=noise, callback=callback, return_latents=return_latents,
+        )
+
+    def img2img(
+        self,
+        image: torch.Tensor,
+        strength: float = 0.8,
+        *,
+        batch: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """SDEdit-style image-to-image (Meng et al. 2022): encode ``image``, noise it to the
+        level reached after ``(1 - strength) * steps`` of the schedule and denoise the
+        remaining ``strength * steps`` steps. ``strength = 0`` returns the reconstruction
+        ``decode(encode(image))``; ``batch`` holds conditioning inputs; other keyword
+        arguments are those of :meth:`sample`."""
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"img2img: strength must lie in [0, 1], got {strength}")
+        z0 = self.encode(image)
+        cond_batch = dict(batch) if batch is not None else z0.shape[0]
+        return self._generate(cond_batch, **self._sample_defaults(kwargs), init=z0, strength=strength)
+
+    def inpaint(
+        self,
+        image: torch.Tensor,
+        mask: torch.Tensor,
+        *,
+        batch: Mapping[str, Any] | None = None,
+        strength: float = 1.0,
+        blend: bool = True,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Fill the region where ``mask`` (B, 1, *spatial, 1 = generate, 0 = keep) is 1.
+
+        Two mechanisms, used together when both apply: with ``blend`` the known region's x0
+        estimate is replaced by the encoded image at every step and the final latents are
+        pasted (Avrahami et al. 2023; Lugmayr et al. 2022); and the batch gets ``mask`` and
+        ``masked_image`` (the image with the region to generate set to 0), which a
+        conditioner of an inpainting model (Rombach et al. 2022, Sec. 4.5) turns into concat
+        channels. ``strength < 1`` starts from the noised image as in :meth:`img2img`.
+        Other keyword arguments are those of :meth:`sample`.
+        """
+        image = image.to(self.device, torch.float32)
+        expected = (image.shape[0], 1, *image.shape[2:])
+        if tuple(mask.shape) != expected:
+            raise ShapeError(f"inpaint: mask must have shape {expected} (B, 1, *spatial), got {tuple(mask.shape)}")
+        mask = mask.to(self.device, torch.float32)
+        z0 = self.encode(image)
+        cond_batch = dict(batch or {})
+        cond_batch.update(mask=mask, masked_image=image * (1.0 - mask))
+        if self.conditioner is None or not self.conditioner.input_keys:
+            cond_batch = {"mask": mask}  # only sizes the batch
+        keep_mask = downsample_mask(mask, self.autoencoder.latent_spec.downsampling) if blend else None
+        return self._generate(
+            cond_batch, **self._sample_defaults(kwargs), init=z0, strength=strength, keep_mask=keep_mask
+        )
+
+    def super_resolve(
+        self, low_res: torch.Tensor, *, batch: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> torch.Tensor:
+        """Super-resolution (Rombach et al. 2022, Sec. 4.4): ``low_res`` goes to the
+        conditioner under the batch key ``low_res``, which turns it into concat channels at
+        the latent size. Other keyword arguments are those of :meth:`sample`."""
+        if self.conditioner is None or "low_res" not in self.conditioner.input_keys:
+            raise ValueError(
+                "super_resolve needs a conditioner that reads the batch key 'low_res' (e.g. a "
+                "concat conditioner built for super-resolution); this model's conditioner reads "
+                f"{None if self.conditioner is None else list(self.conditioner.input_keys)}"
+            )
+        cond_batch = dict(batch or {})
+        cond_batch["low_res"] = low_res
+        return self._generate(cond_batch, **self._sample_defaults(kwargs))
+
+    @staticmethod
+    def _sample_defaults(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        defaults: dict[str, Any] = {
+            "sampler": "euler", "steps": 20, "spacing": None, "sigmas": None,
+            "guidance_scale": 1.0, "guidance_rescale": 0.0, "guidance_interval": None,
+            "rescale_space": None, "negative": None, "uncond": None, "dynamic_threshold": None,
+            "seed": None, "generator": None, "latent_size": None, "noise": None,
+            "callback": None, "return_latents": False,
+        }
+        unknown = sorted(set(kwargs) - set(defaults))
+        if unknown:
+            raise TypeError(f"unknown sampling option(s) {unknown}; accepted: {sorted(defaults)}")
+        return {**defaults, **kwargs}

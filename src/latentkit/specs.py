@@ -9,6 +9,7 @@ A layout names the axes after the batch axis: ``"CL"`` (1-D signals), ``"CHW"`` 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -40,6 +41,29 @@ def spatial_ndim(layout: str) -> int:
 
 def _fail(cls_name: str, field: str, expected: str, value: Any) -> SpecError:
     return SpecError(f"{cls_name}.{field}: expected {expected}, got {value!r}")
+
+
+def _float_field(cls_name: str, field: str) -> Callable[[Any], float]:
+    """attrs converter that turns anything non-numeric into a SpecError naming the field."""
+
+    def convert(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise _fail(cls_name, field, "a finite number", value)
+        return float(value)
+
+    return convert
+
+
+def _range_field(value: Any) -> tuple[float, float]:
+    try:
+        lo, hi = value
+    except (TypeError, ValueError):
+        raise _fail("DataSpec", "value_range", "a (low, high) pair of numbers", value) from None
+    convert = _float_field("DataSpec", "value_range")
+    try:
+        return convert(lo), convert(hi)
+    except SpecError:
+        raise _fail("DataSpec", "value_range", "a (low, high) pair of numbers", value) from None
 
 
 def _check_layout(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -79,9 +103,7 @@ class DataSpec:
 
     channels: int = attrs.field(validator=_check_positive_int)  # e.g. 3 for RGB
     layout: str = attrs.field(default="CHW", validator=_check_layout)
-    value_range: tuple[float, float] = attrs.field(
-        default=(-1.0, 1.0), converter=lambda v: (float(v[0]), float(v[1]))
-    )
+    value_range: tuple[float, float] = attrs.field(default=(-1.0, 1.0), converter=_range_field)
 
     @value_range.validator
     def _check_range(self, attribute: attrs.Attribute, value: tuple[float, float]) -> None:
@@ -110,8 +132,12 @@ class LatentSpec:
     channels: int = attrs.field(validator=_check_positive_int)  # latent channels, e.g. 4
     layout: str = attrs.field(default="CHW", validator=_check_layout)
     downsampling: tuple[int, ...] = attrs.field(default=None)  # data size / latent size per axis
-    scaling_factor: float = attrs.field(default=1.0, converter=float, validator=_check_finite)
-    shift_factor: float = attrs.field(default=0.0, converter=float, validator=_check_finite)
+    scaling_factor: float = attrs.field(
+        default=1.0, converter=_float_field("LatentSpec", "scaling_factor"), validator=_check_finite
+    )
+    shift_factor: float = attrs.field(
+        default=0.0, converter=_float_field("LatentSpec", "shift_factor"), validator=_check_finite
+    )
 
     def __attrs_post_init__(self) -> None:
         n = LAYOUTS[self.layout]

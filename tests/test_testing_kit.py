@@ -1,0 +1,668 @@
+"""The conformance kit itself: correct minimal components pass every check, and deliberately
+broken ones are caught by the check named after the contract they break."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import latentkit
+from latentkit.errors import ShapeError
+from latentkit.interfaces import (
+    Autoencoder,
+    Conditioner,
+    Denoiser,
+    DiagonalGaussianDistribution,
+    Sampler,
+    Schedule,
+    check_tensor,
+)
+from latentkit.plugins import ComponentInfo
+from latentkit.random import randn, randn_like
+from latentkit.specs import LAYOUTS, Conditioning, ConditioningSpec, DataSpec, LatentSpec
+from latentkit.testing import (
+    CheckResult,
+    ConformanceError,
+    check_autoencoder,
+    check_conditioner,
+    check_denoiser,
+    check_sampler,
+    check_schedule,
+    iter_checks,
+    parametrize_with_checks,
+    run_checks,
+)
+
+# =========================================================================== correct parts
+
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+
+
+class TinyDenoiser(Denoiser):
+    """Conv net with a 2x down/up path (size_multiple 2), time embedding, pooled
+    cross-attention context and vector input; zero-initialised output like UNet/DiT."""
+
+    supported_layouts = ("CL", "CHW")
+
+    def __init__(self, in_channels: int = 3, out_channels: int = 2, crossattn_dim: int | None = 5,
+                 vector_dim: int | None = 4, layout: str = "CHW", hidden: int = 8) -> None:
+        super().__init__(in_channels=in_channels, out_channels=out_channels, layouts=(layout,),
+                         crossattn_dim=crossattn_dim, vector_dim=vector_dim, size_multiple=2)
+        self.ndim = LAYOUTS[layout]
+        conv = _CONV[self.ndim]
+        self.conv_in = conv(in_channels, hidden, 3, padding=1)
+        self.time = nn.Linear(2, hidden)
+        self.ctx = nn.Linear(crossattn_dim, hidden) if crossattn_dim else None
+        self.vec = nn.Linear(vector_dim, hidden) if vector_dim else None
+        self.mid = conv(hidden, hidden, 3, padding=1)
+        self.conv_out = conv(hidden, out_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def embed(self, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        emb = self.time(torch.stack([torch.sin(t / 100), torch.cos(t / 100)], dim=-1))
+        if self.ctx is not None:
+            emb = emb + self.ctx(cond.crossattn).mean(dim=1)
+        if self.vec is not None:
+            emb = emb + self.vec(cond.vector)
+        return emb.view(*emb.shape, *([1] * self.ndim))
+
+    def body(self, h: torch.Tensor) -> torch.Tensor:
+        down = getattr(F, f"avg_pool{self.ndim}d")(h, 2)
+        return h + F.interpolate(self.mid(down), scale_factor=2.0, mode="nearest")
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None) -> torch.Tensor:
+        x, t, cond = self.prepare_input(x, t, cond)
+        h = F.silu(self.conv_in(x) + self.embed(t, cond))
+        return self.conv_out(F.silu(self.body(h)))
+
+
+class TinyAutoencoder(Autoencoder):
+    """KL autoencoder, 3 data channels, 2 latent channels, downsampling 2 (CHW)."""
+
+    def __init__(self) -> None:
+        super().__init__(DataSpec(channels=3), LatentSpec(channels=2, downsampling=2, scaling_factor=0.5))
+        self.encoder = nn.Conv2d(3, 4, 2, stride=2)
+        self.decoder = nn.ConvTranspose2d(2, 3, 2, stride=2)
+
+    def encode(self, x: torch.Tensor) -> DiagonalGaussianDistribution:
+        return DiagonalGaussianDistribution(self.encoder(self.check_data(x)))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.check_latent(z))
+
+
+class TinyLabelConditioner(Conditioner):
+    """Class labels -> one crossattn token and a vector; the null class is index num_classes."""
+
+    def __init__(self, num_classes: int = 5, dim: int = 6, dropout: float = 0.1) -> None:
+        super().__init__(output_spec=ConditioningSpec(crossattn_dim=dim, vector_dim=dim),
+                         input_keys=("label",), dropout=dropout)
+        self.num_classes = num_classes
+        self.embedding = nn.Embedding(num_classes + 1, dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def _embed(self, labels: torch.Tensor) -> Conditioning:
+        e = self.embedding(labels)
+        return Conditioning(crossattn=self.proj(e)[:, None], vector=e)
+
+    def forward(self, batch: Mapping[str, Any]) -> Conditioning:
+        self.check_batch(batch)
+        labels = batch["label"]
+        if not isinstance(labels, torch.Tensor) or labels.ndim != 1:
+            raise ShapeError(f"TinyLabelConditioner: label must be (B,), got shape {tuple(labels.shape)}")
+        return self._embed(labels)
+
+    def null(self, batch: Mapping[str, Any]) -> Conditioning:
+        b = self.check_batch(batch)
+        return self._embed(torch.full((b,), self.num_classes, dtype=torch.long))
+
+    def example_batch(self, batch_size: int, *, latent_size: Sequence[int] | None = None,
+                      generator: torch.Generator | None = None) -> dict[str, Any]:
+        return {"label": torch.randint(0, self.num_classes, (batch_size,), generator=generator)}
+
+
+class TinyMaskConditioner(Conditioner):
+    """Inpainting-style concat: the mask resized to the latent size, any spatial rank."""
+
+    def __init__(self) -> None:
+        super().__init__(output_spec=ConditioningSpec(concat_channels=1), input_keys=("mask",), trainable=False)
+
+    def forward(self, batch: Mapping[str, Any]) -> Conditioning:
+        self.check_batch(batch)
+        mask = check_tensor(batch["mask"], name="mask", owner="TinyMaskConditioner", channels=1,
+                            layouts=("CL", "CHW", "CTHW"))
+        return Conditioning(concat=mask * 2.0 - 1.0)
+
+    def null(self, batch: Mapping[str, Any]) -> Conditioning:
+        self.check_batch(batch)
+        return Conditioning(concat=torch.zeros_like(batch["mask"]))
+
+    def example_batch(self, batch_size: int, *, latent_size: Sequence[int] | None = None,
+                      generator: torch.Generator | None = None) -> dict[str, Any]:
+        size = tuple(latent_size or (8, 8))
+        return {"mask": (torch.rand((batch_size, 1, *size), generator=generator) > 0.5).float()}
+
+
+def _to_d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
+    return (x - denoised) / sigma
+
+
+class EulerSampler(Sampler):
+    """Euler's method on the probability-flow ODE (Karras et al. 2022, Alg. 1 without the
+    Heun correction)."""
+
+    def model_calls(self, steps: int) -> int:
+        return steps
+
+    def step(self, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
+             denoised: torch.Tensor, generator: Any) -> torch.Tensor:
+        return x + _to_d(x, sigma, denoised) * (sigma_next - sigma)
+
+    def sample(self, denoise: Callable[..., torch.Tensor], x: torch.Tensor, sigmas: torch.Tensor, *,
+               extra_args: Mapping[str, Any] | None = None, callback: Any = None,
+               generator: Any = None) -> torch.Tensor:
+        sigmas = sigmas.to(x.dtype)
+        for i in range(len(sigmas) - 1):
+            denoised = denoise(x, sigmas[i].expand(x.shape[0]), **(extra_args or {}))
+            if callback is not None:
+                callback({"i": i, "x": x, "sigma": sigmas[i], "sigma_next": sigmas[i + 1], "denoised": denoised})
+            x = self.step(x, sigmas[i], sigmas[i + 1], denoised, generator)
+        return x
+
+
+class EulerAncestralSampler(EulerSampler):
+    """Ancestral Euler (Ho et al. 2020 ancestral sampling in sigma space, k-diffusion's split
+    into sigma_down and sigma_up)."""
+
+    stochastic = True
+    noise_scale = 1.0
+
+    def noise(self, x: torch.Tensor, generator: Any) -> torch.Tensor:
+        return randn_like(x, generator)
+
+    def step(self, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
+             denoised: torch.Tensor, generator: Any) -> torch.Tensor:
+        up = torch.minimum(sigma_next, (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2).sqrt())
+        down = (sigma_next**2 - up**2).sqrt()
+        x = x + _to_d(x, sigma, denoised) * (down - sigma)
+        return x + self.noise(x, generator) * up * self.noise_scale
+
+
+class ConsistencySampler(EulerSampler):
+    """Multistep consistency sampling (Song et al. 2023, Alg. 1): jump to the model's x0,
+    re-noise to the next level. Needs a consistency function, not a posterior mean."""
+
+    stochastic = True
+    requires_consistency_model = True
+
+    def step(self, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
+             denoised: torch.Tensor, generator: Any) -> torch.Tensor:
+        return denoised + sigma_next * randn_like(x, generator)
+
+
+class KarrasSchedule(Schedule):
+    """EDM schedule (Karras et al. 2022): log-normal training sigmas, t = ln(sigma) / 4."""
+
+    spacings = ("karras", "exponential")
+
+    @property
+    def sigma_min(self) -> float:
+        return 0.002
+
+    @property
+    def sigma_max(self) -> float:
+        return 80.0
+
+    def sigmas(self, steps: int, spacing: str | None = None, *, device: Any = "cpu") -> torch.Tensor:
+        ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+        if (spacing or "karras") == "karras":
+            hi, lo = self.sigma_max ** (1 / 7), self.sigma_min ** (1 / 7)
+            s = (hi + ramp * (lo - hi)) ** 7
+        else:
+            s = torch.exp(math.log(self.sigma_max) + ramp * (math.log(self.sigma_min) - math.log(self.sigma_max)))
+        return torch.cat([s, s.new_zeros(1)]).float().to(device)
+
+    def sample_training_sigmas(self, batch_size: int, generator: Any = None, *, device: Any = "cpu") -> torch.Tensor:
+        return torch.exp(-1.2 + 1.2 * randn((batch_size,), generator, device=device))
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        return 0.25 * torch.log(sigma)
+
+    def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.exp(4.0 * t)
+
+
+# =========================================================================== broken parts
+
+
+class BatchNormDenoiser(TinyDenoiser):
+    """BatchNorm couples batch items in training mode."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.norm = nn.BatchNorm2d(8)
+
+    def body(self, h: torch.Tensor) -> torch.Tensor:
+        return super().body(self.norm(h))
+
+
+class UncheckedDenoiser(TinyDenoiser):
+    """Skips prepare_input: a wrong channel count surfaces as a raw torch error."""
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None) -> torch.Tensor:
+        cond = cond or Conditioning()
+        if cond.concat is not None:
+            x = torch.cat([x, cond.concat], dim=1)
+        h = F.silu(self.conv_in(x) + self.embed(t, cond))
+        return self.conv_out(F.silu(self.body(h)))
+
+
+class NoisyDenoiser(TinyDenoiser):
+    """Adds fresh noise in eval mode."""
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None) -> torch.Tensor:
+        out = super().forward(x, t, cond)
+        return out + 1e-3 * torch.randn_like(out)
+
+
+class UnusedParameterDenoiser(TinyDenoiser):
+    """A registered parameter no forward path reaches."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.forgotten = nn.Parameter(torch.ones(3))
+
+
+class TimeBlindDenoiser(TinyDenoiser):
+    """Ignores t (the timestep embedding is never added)."""
+
+    def embed(self, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        return super().embed(torch.zeros_like(t), cond)
+
+
+class CroppingDenoiser(TinyDenoiser):
+    """Returns one row too few."""
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None) -> torch.Tensor:
+        return super().forward(x, t, cond)[..., :-1, :]
+
+
+class HiddenStateDenoiser(TinyDenoiser):
+    """Keeps a random output bias as a plain attribute, outside the state_dict."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.hidden_bias = torch.randn(1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None) -> torch.Tensor:
+        return super().forward(x, t, cond) + self.hidden_bias
+
+
+class CroppingAutoencoder(TinyAutoencoder):
+    """decode drops the last row."""
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return super().decode(z)[..., :-1, :]
+
+
+class FloatScaleAutoencoder(TinyAutoencoder):
+    """Keeps the latent scale in a Python float: it does not travel with state_dict."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = 0.5
+
+    @property
+    def latent_spec(self) -> LatentSpec:
+        import attrs
+
+        return attrs.evolve(self._latent_spec, scaling_factor=self.scale, shift_factor=0.0)
+
+    def set_latent_statistics(self, scaling_factor: float, shift_factor: float = 0.0) -> None:
+        self.scale = float(scaling_factor)
+
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.scale
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        return z / self.scale
+
+
+class WrongNullConditioner(TinyLabelConditioner):
+    """The null conditioning has a single-item batch."""
+
+    def null(self, batch: Mapping[str, Any]) -> Conditioning:
+        return self._embed(torch.full((1,), self.num_classes, dtype=torch.long))
+
+
+class GetKeyConditioner(TinyLabelConditioner):
+    """batch.get: a missing key crashes later with an unrelated error."""
+
+    def forward(self, batch: Mapping[str, Any]) -> Conditioning:
+        return self._embed(batch.get("label"))  # type: ignore[arg-type]
+
+
+class BatchMixingConditioner(TinyLabelConditioner):
+    """Centres the vector over the batch."""
+
+    def forward(self, batch: Mapping[str, Any]) -> Conditioning:
+        c = super().forward(batch)
+        return Conditioning(crossattn=c.crossattn, vector=c.vector - c.vector.mean(0, keepdim=True))
+
+
+class MiscountingSampler(EulerSampler):
+    """Declares one model call per step too many."""
+
+    def model_calls(self, steps: int) -> int:
+        return steps + 1
+
+
+class WrongVarianceSampler(EulerAncestralSampler):
+    """Injects 30 % too much noise."""
+
+    noise_scale = 1.3
+
+
+class BatchNoiseSampler(EulerAncestralSampler):
+    """Draws the whole batch's noise from the first generator."""
+
+    def noise(self, x: torch.Tensor, generator: Any) -> torch.Tensor:
+        g = generator[0] if isinstance(generator, (list, tuple)) else generator
+        return torch.randn(x.shape, generator=g, dtype=x.dtype)
+
+
+class BadCallbackSampler(EulerSampler):
+    """Reports "step" instead of the documented fields."""
+
+    def sample(self, denoise: Callable[..., torch.Tensor], x: torch.Tensor, sigmas: torch.Tensor, *,
+               extra_args: Mapping[str, Any] | None = None, callback: Any = None,
+               generator: Any = None) -> torch.Tensor:
+        cb = None if callback is None else (lambda d: callback({"step": d["i"], "x": d["x"]}))
+        return super().sample(denoise, x, sigmas, extra_args=extra_args, callback=cb, generator=generator)
+
+
+class LaggingEulerSampler(EulerSampler):
+    """Evaluates the ODE derivative at the wrong noise level."""
+
+    def step(self, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
+             denoised: torch.Tensor, generator: Any) -> torch.Tensor:
+        return x + (x - denoised) / (sigma * 1.5) * (sigma_next - sigma)
+
+
+class SecretlyStochasticSampler(EulerAncestralSampler):
+    """Says it is deterministic but injects noise."""
+
+    stochastic = False
+
+
+class UndeclaredConsistencySampler(ConsistencySampler):
+    """Consistency sampling without saying so: with the posterior-mean denoiser every step
+    shrinks the samples towards the mean."""
+
+    requires_consistency_model = False
+
+
+class NoZeroSchedule(KarrasSchedule):
+    """Stops at sigma_min instead of ending in 0."""
+
+    def sigmas(self, steps: int, spacing: str | None = None, *, device: Any = "cpu") -> torch.Tensor:
+        s = super().sigmas(steps + 1, spacing, device=device)[:-1]
+        return s
+
+
+class BadRoundTripSchedule(KarrasSchedule):
+    """t_to_sigma is not the inverse of sigma_to_t."""
+
+    def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.exp(2.0 * t)
+
+
+class BatchRandSchedule(KarrasSchedule):
+    """Training sigmas from one generator for the whole batch, ignoring per-item generators."""
+
+    def sample_training_sigmas(self, batch_size: int, generator: Any = None, *, device: Any = "cpu") -> torch.Tensor:
+        g = generator[0] if isinstance(generator, (list, tuple)) else generator
+        return torch.exp(-1.2 + 1.2 * torch.randn((batch_size,), generator=g))
+
+
+# =========================================================================== correct parts pass
+
+CORRECT = [
+    TinyDenoiser(),
+    TinyDenoiser(layout="CL", crossattn_dim=None, in_channels=2),
+    TinyDenoiser(vector_dim=None),
+    TinyAutoencoder(),
+    TinyLabelConditioner(),
+    TinyMaskConditioner(),
+    EulerSampler(),
+    EulerAncestralSampler(),
+    ConsistencySampler(),
+    KarrasSchedule(),
+]
+
+
+@parametrize_with_checks(CORRECT)
+def test_correct_components_pass(component: Any, check: Callable[[Any], Any]) -> None:
+    check(component)
+
+
+# =========================================================================== broken parts fail
+
+# (factory, the check that must catch it, whether that check is the only one to fail)
+BROKEN: list[tuple[Callable[[], Any], str, bool]] = [
+    (BatchNormDenoiser, "check_denoiser_batch_independence", True),
+    (UncheckedDenoiser, "check_denoiser_wrong_channels", False),
+    (UncheckedDenoiser, "check_denoiser_conditioning_widths", False),
+    (NoisyDenoiser, "check_denoiser_determinism", False),
+    (UnusedParameterDenoiser, "check_denoiser_gradients", True),
+    (TimeBlindDenoiser, "check_denoiser_inputs_used", False),
+    (CroppingDenoiser, "check_denoiser_output_shapes", False),
+    (CroppingAutoencoder, "check_autoencoder_output_shapes", False),
+    (FloatScaleAutoencoder, "check_autoencoder_state_dict_round_trip", False),
+    (FloatScaleAutoencoder, "check_autoencoder_normalization", False),
+    (WrongNullConditioner, "check_conditioner_null", False),
+    (GetKeyConditioner, "check_conditioner_missing_key", False),
+    (BatchMixingConditioner, "check_conditioner_batch_independence", True),
+    (MiscountingSampler, "check_sampler_model_calls", True),
+    (WrongVarianceSampler, "check_sampler_gaussian_moments", True),
+    (UndeclaredConsistencySampler, "check_sampler_gaussian_moments", True),
+    (BatchNoiseSampler, "check_sampler_per_item_generators", True),
+    (BadCallbackSampler, "check_sampler_callback", True),
+    (LaggingEulerSampler, "check_sampler_ode_solution", False),
+    (SecretlyStochasticSampler, "check_sampler_determinism", False),
+    (NoZeroSchedule, "check_schedule_sigmas", True),
+    (BadRoundTripSchedule, "check_schedule_t_round_trip", True),
+    (BatchRandSchedule, "check_schedule_training_sigmas_per_item", True),
+]
+
+_KIND_RUNNERS = {
+    "autoencoder": check_autoencoder,
+    "denoiser": check_denoiser,
+    "conditioner": check_conditioner,
+    "sampler": check_sampler,
+    "schedule": check_schedule,
+}
+
+
+def _failures(component: Any) -> dict[str, str]:
+    out = {}
+    for name, check in iter_checks(component):
+        try:
+            check(component)
+        except ConformanceError as exc:
+            out[name] = str(exc)
+    return out
+
+
+@pytest.mark.parametrize(("make", "check_name", "only"), BROKEN,
+                         ids=[f"{m.__name__}-{c}" for m, c, _ in BROKEN])
+def test_broken_component_fails_the_named_check(make: Callable[[], Any], check_name: str, only: bool) -> None:
+    component = make()
+    if only:
+        failures = _failures(component)
+    else:  # only the named check needs to run
+        failures = {}
+        try:
+            dict(iter_checks(component))[check_name](component)
+        except ConformanceError as exc:
+            failures[check_name] = str(exc)
+    assert check_name in failures, f"{check_name} did not catch {make.__name__}; failures: {list(failures)}"
+    message = failures[check_name]
+    assert message.startswith(check_name)
+    assert "contract:" in message and "found:" in message
+    if only:
+        assert set(failures) == {check_name}, f"unexpected extra failures: {failures}"
+
+
+def test_kind_runner_raises_naming_every_failed_check() -> None:
+    with pytest.raises(ConformanceError) as info:
+        check_denoiser(UncheckedDenoiser())
+    text = str(info.value)
+    for name in ("check_denoiser_wrong_channels", "check_denoiser_wrong_rank",
+                 "check_denoiser_conditioning_widths"):
+        assert name in text
+    assert "check_denoiser_output_shapes" not in text
+    check_denoiser(TinyDenoiser())  # no error
+    with pytest.raises(ConformanceError, match="is a sampler, not a denoiser"):
+        check_denoiser(EulerSampler())  # type: ignore[arg-type]
+
+
+def test_wrong_channels_message_names_check_and_found_shape() -> None:
+    checks = dict(iter_checks(UncheckedDenoiser()))
+    with pytest.raises(ConformanceError) as info:
+        checks["check_denoiser_wrong_channels"](UncheckedDenoiser())
+    assert "wrong channel count raises ShapeError" in str(info.value)
+    assert "RuntimeError" in str(info.value)  # what the broken denoiser raised instead
+
+
+def test_checks_do_not_modify_the_component() -> None:
+    den = TinyDenoiser()
+    den.train()
+    before = {k: v.clone() for k, v in den.state_dict().items()}
+    check_denoiser(den)
+    assert den.training and all(m.training for m in den.modules())
+    assert all(torch.equal(before[k], v) for k, v in den.state_dict().items())
+    ae = TinyAutoencoder().eval()
+    check_autoencoder(ae)
+    assert not ae.training and float(ae.scaling_factor) == 0.5 and float(ae.shift_factor) == 0.0
+    cond = TinyLabelConditioner(dropout=0.1)
+    check_conditioner(cond)
+    assert cond.dropout == 0.1
+
+
+def test_iter_checks_picks_by_kind_and_rejects_other_objects() -> None:
+    names = [n for n, _ in iter_checks(EulerSampler())]
+    assert names and all(n.startswith("check_sampler_") for n in names)
+    assert {"check_sampler_model_calls", "check_sampler_callback", "check_sampler_gaussian_moments"} <= set(names)
+    with pytest.raises(TypeError, match="not a latentkit component"):
+        iter_checks(nn.Linear(2, 2))
+
+
+# =========================================================================== run_checks & ids
+
+
+def _info(kind: str, name: str, factory: Any, **tiny: Any) -> ComponentInfo:
+    return ComponentInfo(kind=kind, name=name, summary="", plugin="tests", distribution=None,
+                         version=None, factory=factory, tiny_config=tiny)
+
+
+def test_run_checks_builds_one_instance_per_layout_and_reports_results() -> None:
+    results = run_checks([_info("denoiser", "tiny", TinyDenoiser, in_channels=2, crossattn_dim=None)])
+    assert all(isinstance(r, CheckResult) for r in results)
+    assert {r.layout for r in results} == {"CL", "CHW"}
+    per_layout = [r for r in results if r.layout == "CL"]
+    assert [r.check for r in per_layout] == [n for n, _ in iter_checks(TinyDenoiser())]
+    assert all(r.passed and r.kind == "denoiser" and r.component == "tiny" for r in results), [
+        r.message for r in results if not r.passed
+    ]
+
+
+def test_run_checks_recreates_from_the_factory_to_catch_state_outside_state_dict() -> None:
+    results = run_checks([_info("denoiser", "hidden", HiddenStateDenoiser)])
+    failed = {(r.layout, r.check) for r in results if not r.passed}
+    assert failed == {("CL", "check_denoiser_state_dict_round_trip"), ("CHW", "check_denoiser_state_dict_round_trip")}
+
+
+def test_run_checks_reports_a_creation_failure_as_a_failed_create_check() -> None:
+    def broken_factory(**config: Any) -> Any:
+        raise RuntimeError("no weights here")
+
+    results = run_checks([_info("sampler", "broken", broken_factory, steps=3),
+                          _info("sampler", "euler", EulerSampler),
+                          _info("dataset", "ignored", dict)])
+    broken = [r for r in results if r.component == "broken"]
+    assert len(broken) == 1 and broken[0].check == "create" and not broken[0].passed
+    assert "no weights here" in broken[0].message and "tiny_config" in broken[0].message
+    assert all(r.passed for r in results if r.component == "euler")
+    assert not any(r.component == "ignored" for r in results)
+
+
+def test_declared_expected_failures_are_reported_not_raised() -> None:
+    class Declared(WrongVarianceSampler):
+        conformance_xfail: ClassVar[dict[str, str]] = {
+            "check_sampler_gaussian_moments": "too much noise on purpose"
+        }
+
+    check_sampler(Declared())  # does not raise
+    results = {r.check: r for r in run_checks([_info("sampler", "declared", Declared)])}
+    moments = results["check_sampler_gaussian_moments"]
+    assert moments.passed and "too much noise on purpose" in moments.message
+    mark = parametrize_with_checks([Declared()])
+    xfails = [p for p in mark.args[1] if p.marks]
+    assert [p.id for p in xfails] == ["sampler:Declared:check_sampler_gaussian_moments"]
+
+
+def test_parametrize_ids_name_kind_component_layout_and_check() -> None:
+    mark = parametrize_with_checks([
+        _info("denoiser", "tiny", TinyDenoiser, in_channels=2, crossattn_dim=None),
+        ("autoencoder", "identity"),
+        EulerSampler(),
+    ])
+    assert mark.args[0] == ("component", "check")
+    ids = [p.id for p in mark.args[1]]
+    assert "denoiser:tiny[CHW]:check_denoiser_batch_independence" in ids
+    assert "denoiser:tiny[CL]:check_denoiser_batch_independence" in ids
+    assert "autoencoder:identity[CTHW]:check_autoencoder_output_shapes" in ids
+    assert "sampler:EulerSampler:check_sampler_model_calls" in ids
+    assert len(ids) == len(set(ids))
+
+
+def test_lazy_combination_exports_fail_cleanly_or_resolve() -> None:
+    import importlib.util
+
+    import latentkit.testing as kit
+    import latentkit.testing.strategies as strategies
+
+    if importlib.util.find_spec("latentkit.testing.combinations") is None:
+        with pytest.raises(ModuleNotFoundError):
+            kit.compositions  # noqa: B018
+    else:
+        assert callable(kit.compositions) and callable(kit.check_composition)
+        assert strategies.compositions is kit.compositions
+    with pytest.raises(AttributeError):
+        kit.no_such_name  # noqa: B018
+
+
+def test_registered_identity_autoencoder_passes() -> None:
+    ae = latentkit.create("autoencoder", "identity", channels=2, layout="CTHW")
+    check_autoencoder(ae)
+
+
+def test_docs_list_every_check() -> None:
+    from pathlib import Path
+
+    from latentkit.testing.checks import _CHECKS, CHECKED_KINDS
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "testing.md"
+    if not docs.exists():
+        pytest.skip("docs/ not shipped with this copy")
+    text = docs.read_text()
+    missing = [name for kind in CHECKED_KINDS for name, _ in _CHECKS[kind] if f"`{name}`" not in text]
+    assert not missing, f"docs/testing.md does not describe {missing}"

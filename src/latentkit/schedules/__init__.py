@@ -1,4 +1,11 @@
-"""Built-in schedules, registered through ``latentkit_register_schedules``."""
+"""Built-in schedules, registered through ``latentkit_register_schedules``.
+
+* discrete variance-preserving: ``linear``, ``scaled_linear``, ``cosine``
+  (:mod:`latentkit.schedules.discrete`), each with ``rescale_zero_terminal_snr``;
+* continuous: ``edm`` (:mod:`latentkit.schedules.edm`).
+
+The spacing functions shared by all of them live in :mod:`latentkit.schedules.spacing`.
+"""
 
 from __future__ import annotations
 
@@ -9,3 +16,27 @@ from latentkit.plugins import Registrar
 @hookimpl
 def latentkit_register_schedules(registry: Registrar) -> None:
     """Register the built-in schedules."""
+    registry.add(
+        "linear",
+        "latentkit.schedules.discrete:LinearSchedule",
+        summary="DDPM linear betas 1e-4..0.02 (Ho et al. 2020), variance preserving",
+        tiny_config={"num_train_timesteps": 100},
+    )
+    registry.add(
+        "scaled_linear",
+        "latentkit.schedules.discrete:ScaledLinearSchedule",
+        summary="Stable Diffusion betas, linear in sqrt(beta) 0.00085..0.012 (Rombach et al. 2022)",
+        tiny_config={"num_train_timesteps": 100},
+    )
+    registry.add(
+        "cosine",
+        "latentkit.schedules.discrete:CosineSchedule",
+        summary="Cosine alpha_bar (Nichol & Dhariwal 2021, Eq. 17), variance preserving",
+        tiny_config={"num_train_timesteps": 100},
+    )
+    registry.add(
+        "edm",
+        "latentkit.schedules.edm:EDMSchedule",
+        summary="EDM continuous sigmas: Karras grid, log-normal training (Karras et al. 2022)",
+        tiny_config={},
+    )

@@ -254,7 +254,8 @@ def test_lifecycle_hooks_reach_plugins() -> None:
         def latentkit_train_step_end(self, trainer, step, metrics):  # type: ignore[no-untyped-def]
             seen.append((step, metrics["loss"]))
 
-    manager = PluginManager(autoload=False)
+    # The built-in training plugins expect a real trainer; block them to fire the hook bare.
+    manager = PluginManager(autoload=False, block=["latentkit.training.plugins"])
     manager.register(Logger(), "logger")
     manager.hook.latentkit_train_step_end(trainer=None, step=3, metrics={"loss": 0.5})
     assert seen == [(3, 0.5)]

@@ -57,6 +57,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "latentkit.conditioners",
     "latentkit.samplers",
     "latentkit.schedules",
+    "latentkit.data",
+    "latentkit.training.plugins",
 )
 
 _HOOK_OF_KIND = {kind: f"latentkit_register_{kind}s" for kind in KINDS}

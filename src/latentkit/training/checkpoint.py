@@ -102,10 +102,10 @@ def to_json_state(obj: Any, tensors: dict[str, torch.Tensor], prefix: str) -> An
                 raise TypeError(f"cannot serialise dict key {k!r} of type {type(k).__name__} at {prefix}")
             items.append([k, to_json_state(v, tensors, f"{prefix}.{k}")])
         return {"__items__": items}
-    if hasattr(obj, "item") and hasattr(obj, "dtype"):  # numpy scalar
-        return to_json_state(obj.item(), tensors, prefix)
     if type(obj).__module__ == "numpy" and type(obj).__name__ == "ndarray":
         return {"__ndarray__": to_json_state(torch.from_numpy(obj.copy()), tensors, prefix)}
+    if hasattr(obj, "item") and hasattr(obj, "dtype"):  # numpy scalar
+        return to_json_state(obj.item(), tensors, prefix)
     raise TypeError(
         f"cannot serialise {type(obj).__name__} at {prefix!r} into a checkpoint: only tensors, "
         "numbers, strings, None, lists, tuples and dicts are stored (no pickle)"

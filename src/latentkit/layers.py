@@ -26,14 +26,15 @@ import einops
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
 from torch.utils.checkpoint import checkpoint as _torch_checkpoint
 
 __all__ = [
+    "GEGLU",
     "Attention",
     "AttentionBlock",
     "BasicTransformerBlock",
     "FeedForward",
-    "GEGLU",
     "GroupNorm32",
     "SpatialTransformer",
     "attention",
@@ -50,7 +51,7 @@ __all__ = [
     "zero_module",
 ]
 
-_CONV: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_CONV: dict[int, type[_ConvNd]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _POOL: dict[int, type[nn.Module]] = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}
 
 
@@ -59,7 +60,7 @@ def _check_dims(dims: int) -> None:
         raise ValueError(f"dims must be 1, 2 or 3 spatial axes, got {dims!r}")
 
 
-def conv_nd(dims: int, *args: Any, **kwargs: Any) -> nn.Module:
+def conv_nd(dims: int, *args: Any, **kwargs: Any) -> _ConvNd:
     """``nn.Conv1d`` / ``Conv2d`` / ``Conv3d`` for ``dims`` spatial axes (same arguments)."""
     _check_dims(dims)
     return _CONV[dims](*args, **kwargs)
@@ -85,9 +86,11 @@ class GroupNorm32(nn.GroupNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, *spatial) -> same shape and dtype."""
-        if x.dtype == torch.float32:
+        if x.dtype not in (torch.float16, torch.bfloat16):
             return super().forward(x)
-        return super().forward(x.float()).to(x.dtype)
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
 
 
 def normalization(channels: int, groups: int = 32, eps: float = 1e-5) -> GroupNorm32:
@@ -172,7 +175,7 @@ def from_tokens(tokens: torch.Tensor, spatial: Sequence[int]) -> torch.Tensor:
     return tokens.unflatten(1, tuple(spatial)).movedim(-1, 1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _patch_patterns(n: int) -> tuple[str, str]:
     grid = " ".join(f"g{i}" for i in range(n))
     patch = " ".join(f"p{i}" for i in range(n))
@@ -364,7 +367,8 @@ class AttentionBlock(nn.Module):
     convolution, multi-head attention over all positions, zero-initialised projection.
 
     Heads read the qkv channels in LDM's default ("legacy") order: the 3C channels are split
-    into heads first, then into q, k, v within each head (``QKVAttentionLegacy``).
+    into heads first, then into q, k, v within each head (``QKVAttentionLegacy``); with
+    ``use_new_attention_order`` into q, k, v first, then heads (ADM's ``QKVAttention``).
     """
 
     def __init__(
@@ -373,8 +377,12 @@ class AttentionBlock(nn.Module):
         heads: int,
         norm_groups: int = 32,
         checkpoint: bool = False,
+        use_new_attention_order: bool = False,
     ) -> None:
         super().__init__()
+        self.qkv_pattern = (
+            "b (three h d) n -> three b h n d" if use_new_attention_order else "b (h three d) n -> three b h n d"
+        )
         if channels % heads:
             raise ValueError(f"AttentionBlock: {channels} channels not divisible by {heads} heads")
         self.heads = heads
@@ -386,7 +394,7 @@ class AttentionBlock(nn.Module):
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c = x.shape[:2]
         qkv = self.qkv(self.norm(x).reshape(b, c, -1))  # (B, 3C, N)
-        q, k, v = einops.rearrange(qkv, "b (h three d) n -> three b h n d", h=self.heads, three=3)
+        q, k, v = einops.rearrange(qkv, self.qkv_pattern, h=self.heads, three=3)
         h = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, d)
         h = self.proj_out(einops.rearrange(h, "b h n d -> b (h d) n"))
         return x + h.reshape(x.shape)

@@ -17,6 +17,7 @@ Order of this file: blocks, model, factory, presets.
 
 from __future__ import annotations
 
+import abc
 import inspect
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -29,6 +30,7 @@ from latentkit.interfaces import Denoiser
 from latentkit.layers import (
     AttentionBlock,
     SpatialTransformer,
+    avg_pool_nd,
     conv_nd,
     maybe_checkpoint,
     normalization,
@@ -37,18 +39,28 @@ from latentkit.layers import (
 )
 from latentkit.specs import LAYOUTS, Conditioning, spatial_ndim
 
-__all__ = ["PRESETS", "Downsample", "ResBlock", "TimestepEmbedSequential", "UNetModel", "Upsample", "unet"]
+__all__ = [
+    "PRESETS",
+    "Downsample",
+    "ResBlock",
+    "TimestepBlock",
+    "TimestepEmbedSequential",
+    "UNetModel",
+    "Upsample",
+    "layouts_of_rank",
+    "unet",
+]
 
 
 # --------------------------------------------------------------------------- blocks
 
 
-class TimestepBlock(nn.Module):
+class TimestepBlock(nn.Module, abc.ABC):
     """A module whose ``forward`` takes the timestep embedding as second argument."""
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+    @abc.abstractmethod
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """(B, C, *spatial), (B, emb_dim) -> (B, C', *spatial')."""
-        raise NotImplementedError
 
 
 class TimestepEmbedSequential(nn.Sequential):
@@ -80,7 +92,7 @@ class Downsample(nn.Module):
         else:
             if out_channels != channels:
                 raise ValueError("Downsample without convolution cannot change the channel count")
-            self.op = nn.AvgPool1d(2) if dims == 1 else (nn.AvgPool2d(2) if dims == 2 else nn.AvgPool3d(2))
+            self.op = avg_pool_nd(dims, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, *spatial) -> (B, C', *spatial / 2)."""
@@ -108,7 +120,9 @@ class ResBlock(TimestepBlock):
 
     ``h = conv(silu(norm(x)))``; the embedding is added (``h + e``) or, with scale-shift norm,
     applied as ``norm(h) * (1 + scale) + shift`` (Dhariwal & Nichol 2021, Sec. 3); then a
-    zero-initialised conv, and a skip connection (1x1 conv when the width changes).
+    zero-initialised conv, and a skip connection (1x1 conv when the width changes). With
+    ``up`` / ``down`` the block also resamples (nearest / average pooling before its first
+    conv, on both paths), BigGAN style (ADM's ``resblock_updown``).
     """
 
     def __init__(
@@ -121,10 +135,21 @@ class ResBlock(TimestepBlock):
         use_scale_shift_norm: bool = False,
         norm_groups: int = 32,
         checkpoint: bool = False,
+        up: bool = False,  # double every spatial axis
+        down: bool = False,  # halve every spatial axis
     ) -> None:
         super().__init__()
         out_channels = out_channels or channels
         self.use_scale_shift_norm = use_scale_shift_norm
+        self.updown = up or down
+        if up:
+            self.h_upd: nn.Module = Upsample(channels, dims, use_conv=False)
+            self.x_upd: nn.Module = Upsample(channels, dims, use_conv=False)
+        elif down:
+            self.h_upd = Downsample(channels, dims, use_conv=False)
+            self.x_upd = Downsample(channels, dims, use_conv=False)
+        else:
+            self.h_upd = self.x_upd = nn.Identity()
         self.checkpoint = checkpoint
         self.in_layers = nn.Sequential(
             normalization(channels, norm_groups),
@@ -146,7 +171,11 @@ class ResBlock(TimestepBlock):
         )
 
     def _forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.in_layers(x)
+        if self.updown:
+            h = self.in_layers[-1](self.h_upd(self.in_layers[:-1](x)))
+            x = self.x_upd(x)
+        else:
+            h = self.in_layers(x)
         emb_out = self.emb_layers(emb).to(h.dtype)
         emb_out = emb_out[(...,) + (None,) * (h.ndim - 2)]  # (B, C, 1, ..., 1)
         if self.use_scale_shift_norm:
@@ -205,6 +234,7 @@ class UNetModel(Denoiser):
         attention_resolutions: Sequence[int] = (4, 2, 1),  # downsampling factors with attention
         num_heads: int = 8,  # attention heads (used when num_head_channels is None)
         num_head_channels: int | None = None,  # channels per head (overrides num_heads)
+        use_new_attention_order: bool = False,  # ADM blocks: split qkv before heads
         transformer_depth: int | Sequence[int] = 1,  # transformer blocks per attention (per level)
         transformer_depth_middle: int | None = None,  # default: the last level's depth
         crossattn_dim: int | None = None,  # context width D of crossattn (B, L, D)
@@ -215,6 +245,7 @@ class UNetModel(Denoiser):
         use_spatial_transformer: bool | None = None,  # default: True with crossattn_dim
         use_linear_in_transformer: bool = False,  # SD 2.x: linear instead of 1x1 conv proj
         conv_resample: bool = True,  # learned up/down sampling convolutions
+        resblock_updown: bool = False,  # ADM / BigGAN: resample inside residual blocks
         norm_groups: int = 32,  # group norm groups
         use_checkpoint: bool = False,  # gradient checkpointing per block
     ) -> None:
@@ -263,12 +294,13 @@ class UNetModel(Denoiser):
                     use_linear=use_linear_in_transformer, dims=dims, norm_groups=norm_groups,
                     checkpoint=use_checkpoint,
                 )
-            return AttentionBlock(ch, heads, norm_groups=norm_groups, checkpoint=use_checkpoint)
+            return AttentionBlock(ch, heads, norm_groups=norm_groups, checkpoint=use_checkpoint,
+                                  use_new_attention_order=use_new_attention_order)
 
-        def make_res(ch: int, out: int) -> ResBlock:
+        def make_res(ch: int, out: int, up: bool = False, down: bool = False) -> ResBlock:
             return ResBlock(
                 ch, time_embed_dim, dropout, out, dims=dims, use_scale_shift_norm=use_scale_shift_norm,
-                norm_groups=norm_groups, checkpoint=use_checkpoint,
+                norm_groups=norm_groups, checkpoint=use_checkpoint, up=up, down=down,
             )
 
         self.time_embed = nn.Sequential(
@@ -299,7 +331,10 @@ class UNetModel(Denoiser):
                 self.input_blocks.append(TimestepEmbedSequential(*layers))
                 skip_channels.append(ch)
             if level != levels - 1:
-                self.input_blocks.append(TimestepEmbedSequential(Downsample(ch, dims, conv_resample)))
+                down: nn.Module = (
+                    make_res(ch, ch, down=True) if resblock_updown else Downsample(ch, dims, conv_resample)
+                )
+                self.input_blocks.append(TimestepEmbedSequential(down))
                 skip_channels.append(ch)
                 ds *= 2
 
@@ -317,14 +352,14 @@ class UNetModel(Denoiser):
                 if ds in self.attention_resolutions and depth[level] > 0:
                     layers.append(make_attention(ch, depth[level]))
                 if level and i == res_blocks[level]:
-                    layers.append(Upsample(ch, dims, conv_resample))
+                    layers.append(make_res(ch, ch, up=True) if resblock_updown else Upsample(ch, dims, conv_resample))
                     ds //= 2
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
 
         self.out = nn.Sequential(
             normalization(ch, norm_groups),
             nn.SiLU(),
-            zero_module(conv_nd(dims, model_channels, out_channels, 3, padding=1)),
+            zero_module(conv_nd(dims, ch, out_channels, 3, padding=1)),
         )
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
@@ -336,7 +371,7 @@ class UNetModel(Denoiser):
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None) -> torch.Tensor:
         """(B, out_channels, *spatial), (B,), Conditioning -> (B, out_channels, *spatial)."""
         h, t, cond = self.prepare_input(x, t, cond)
-        dtype = self.time_embed[0].weight.dtype
+        dtype = next(self.time_embed.parameters()).dtype
         emb = self.time_embed(timestep_embedding(t, self.model_channels).to(dtype))  # (B, 4 mc)
         if self.label_emb is not None:
             assert cond.vector is not None  # prepare_input checked it
@@ -383,21 +418,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         in_channels=3, model_channels=224, channel_mult=(1, 2, 3, 4), num_res_blocks=2,
         attention_resolutions=(8, 4, 2), num_head_channels=32,
     ),
-    # ADM ImageNet 64x64 pixel model (Dhariwal & Nichol 2021, Tab. 11), without class input
+    # ADM ImageNet 64x64 pixel model (Dhariwal & Nichol 2021, guided-diffusion flags), with
+    # the class embedding replaced by a vector input (e.g. from the class_label conditioner)
     "adm-64": dict(
         in_channels=3, model_channels=192, channel_mult=(1, 2, 3, 4), num_res_blocks=3,
         attention_resolutions=(2, 4, 8), num_head_channels=64, use_scale_shift_norm=True,
-        dropout=0.1,
+        resblock_updown=True, use_new_attention_order=True, dropout=0.1,
     ),
 }
-
-#: Registered tiny configuration: builds in milliseconds, runs on 8x8 latents.
-TINY_CONFIG: dict[str, Any] = dict(
-    in_channels=4, out_channels=4, model_channels=8, channel_mult=(1, 2), num_res_blocks=1,
-    attention_resolutions=(2,), num_heads=2, norm_groups=4, crossattn_dim=None, vector_dim=None,
-    layout="CHW",
-)
-
 
 def unet(preset: str | None = None, **config: Any) -> UNetModel:
     """Create a :class:`UNetModel`, from a named preset (see :data:`PRESETS`) updated with

@@ -21,7 +21,16 @@ from safetensors.torch import load_file, save_file
 
 from latentkit.interfaces import Autoencoder
 
-__all__ = ["CONFIG_NAME", "FORMAT", "WEIGHTS_NAME", "load_pretrained", "save_pretrained"]
+__all__ = [
+    "CONFIG_NAME",
+    "FORMAT",
+    "WEIGHTS_NAME",
+    "diffusers_key_map",
+    "from_diffusers_state_dict",
+    "load_pretrained",
+    "save_pretrained",
+    "to_diffusers_state_dict",
+]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -95,3 +104,61 @@ def load_pretrained(
     state = load_file(str(directory / WEIGHTS_NAME), device=str(device))
     model.load_state_dict(state, strict=True)
     return model.to(device)
+
+
+# --------------------------------------------------------------------------- diffusers names
+
+
+def diffusers_key_map(model: Autoencoder) -> dict[str, str]:
+    """Our parameter names -> diffusers ``AutoencoderKL`` names, for a 2-D ``kl`` model.
+
+    The architectures are the same (LDM's), only the names differ: ``down.i.block.j`` is
+    ``down_blocks.i.resnets.j``, ``up.i`` is ``up_blocks.(levels-1-i)``, the mid block's
+    ``block_1/attn_1/block_2`` are ``resnets.0/attentions.0/resnets.1``. The latent
+    normalisation buffers have no diffusers counterpart (diffusers keeps them in its config).
+    """
+    config = getattr(model, "config", None) or {}
+    if getattr(model, "registry_name", None) != "kl" or config.get("layout") != "CHW":
+        raise ValueError("diffusers_key_map: only 2-D (CHW) kl autoencoders have a diffusers twin")
+    levels = len(config["channel_multipliers"])
+    mapping: dict[str, str] = {}
+    for key in model.state_dict():
+        if key in ("scaling_factor", "shift_factor"):
+            continue
+        n = key.replace("nin_shortcut", "conv_shortcut")
+        for part in ("encoder", "decoder"):
+            n = n.replace(f"{part}.mid.block_1.", f"{part}.mid_block.resnets.0.")
+            n = n.replace(f"{part}.mid.block_2.", f"{part}.mid_block.resnets.1.")
+            n = n.replace(f"{part}.mid.attn_1.norm.", f"{part}.mid_block.attentions.0.group_norm.")
+            for ours, theirs in (("q", "to_q"), ("k", "to_k"), ("v", "to_v"), ("proj_out", "to_out.0")):
+                n = n.replace(f"{part}.mid.attn_1.{ours}.", f"{part}.mid_block.attentions.0.{theirs}.")
+            n = n.replace(f"{part}.norm_out.", f"{part}.conv_norm_out.")
+        if n.startswith("encoder.down."):
+            i, rest = n[len("encoder.down.") :].split(".", 1)
+            rest = rest.replace("block.", "resnets.").replace("resample.", "downsamplers.0.")
+            n = f"encoder.down_blocks.{i}.{rest}"
+        elif n.startswith("decoder.up."):
+            i, rest = n[len("decoder.up.") :].split(".", 1)
+            rest = rest.replace("block.", "resnets.").replace("resample.", "upsamplers.0.")
+            n = f"decoder.up_blocks.{levels - 1 - int(i)}.{rest}"
+        mapping[key] = n
+    return mapping
+
+
+def to_diffusers_state_dict(model: Autoencoder) -> dict[str, torch.Tensor]:
+    """The weights of a 2-D ``kl`` model under diffusers ``AutoencoderKL`` names."""
+    state = model.state_dict()
+    return {theirs: state[ours] for ours, theirs in diffusers_key_map(model).items()}
+
+
+def from_diffusers_state_dict(model: Autoencoder, state: dict[str, torch.Tensor]) -> None:
+    """Load diffusers ``AutoencoderKL`` weights (e.g. from a local ``.safetensors`` file)
+    into a 2-D ``kl`` model of the same configuration. Attention projections stored as 1x1
+    convolutions (older checkpoints) are reshaped to linear weights."""
+    own = model.state_dict()
+    mapping = diffusers_key_map(model)
+    missing = [theirs for theirs in mapping.values() if theirs not in state]
+    if missing:
+        raise KeyError(f"from_diffusers_state_dict: {len(missing)} weights missing, e.g. {missing[:3]}")
+    new = {ours: state[theirs].reshape(own[ours].shape) for ours, theirs in mapping.items()}
+    model.load_state_dict(new, strict=False)

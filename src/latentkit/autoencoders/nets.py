@@ -17,7 +17,8 @@ base: the first stage is trained once and frozen, and its weights layout must st
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -233,7 +234,7 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_data, *spatial) -> (B, [2 x] z_channels, *spatial // factors)."""
         h = self.conv_in(x)
-        for level in self.down:
+        for level in cast("Iterable[_Level]", self.down):
             for block in level.block:
                 h = block(h)
             if level.resample is not None:
@@ -289,7 +290,7 @@ class Decoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """(B, z_channels, *latent_spatial) -> (B, C_data, *latent_spatial * factors)."""
         h = self.mid(self.conv_in(z))
-        for level in reversed(self.up):
+        for level in cast("Iterable[_Level]", reversed(self.up)):
             for block in level.block:
                 h = block(h)
             if level.resample is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import torch
@@ -70,7 +70,7 @@ def fit_latent_statistics(
     over the raw latents of ``data`` (Rombach et al. 2022, Sec. 4.3.2), so that normalised
     latents ``(z - shift) * scale`` have unit variance; with ``apply`` the factors are stored
     in the autoencoder (``set_latent_statistics``)."""
-    device = autoencoder.scaling_factor.device
+    device = cast(torch.Tensor, autoencoder.scaling_factor).device
     total = torch.zeros((), dtype=torch.float64)
     total_sq = torch.zeros((), dtype=torch.float64)
     count = 0

@@ -86,7 +86,7 @@ def tiled_apply(
             in_slices.append(slice(start, stop))
             out_slices.append(slice(o_start, o_stop))
             ramps.append((o_stop - o_start, max(left, 0), max(right, 0)))
-        y = fn(x[(slice(None), slice(None), *in_slices)])
+        y = fn(x[tuple([slice(None), slice(None), *in_slices])])
         if out is None:
             out_spatial = tuple(out_pos(a, spatial[a]) for a in range(n))
             out = y.new_zeros((y.shape[0], y.shape[1], *out_spatial))
@@ -96,7 +96,7 @@ def tiled_apply(
             shape = [1, 1] + [1] * n
             shape[2 + a] = length
             w = w * _ramp(length, left, right, y.dtype, y.device).view(shape)
-        index = (slice(None), slice(None), *out_slices)
+        index = tuple([slice(None), slice(None), *out_slices])
         out[index] += y * w
         assert weight_sum is not None
         weight_sum[index] += w

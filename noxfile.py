@@ -34,3 +34,17 @@ def typecheck(session: nox.Session) -> None:
     """mypy over the package."""
     session.install("-e", ".", "mypy")
     session.run("mypy")
+
+
+PLUGINS = ("plugins/latentkit-video", "plugins/latentkit-volume")
+
+
+@nox.session
+@nox.parametrize("plugin", PLUGINS, ids=[p.split("/")[-1] for p in PLUGINS])
+def plugins(session: nox.Session, plugin: str) -> None:
+    """Install one plugin distribution into a fresh environment next to the core and run its
+    tests, then the core's conformance kit over everything installed."""
+    session.install("-e", ".[test]")
+    session.install("-e", plugin)
+    session.run("pytest", "-q", f"{plugin}/tests", *session.posargs)
+    session.run("latentkit", "check")

@@ -133,7 +133,12 @@ class _LossModule(nn.Module):
 
     def forward(self, batch: Any, kwargs: dict[str, Any]) -> Any:
         model: Any = self.model
-        return model.loss(batch, **kwargs)
+        out = model.loss(batch, **kwargs)
+        # DDP with find_unused_parameters looks for the loss among the tensors of forward's
+        # output (tensors, tuples, dicts), not inside objects such as a LossOutput; the loss
+        # goes next to the raw result so that it finds it.
+        loss = getattr(out, "loss", None)
+        return (loss if isinstance(loss, torch.Tensor) else None), out
 
 
 @attrs.define
@@ -563,7 +568,7 @@ class Trainer:
                         else contextlib.nullcontext())
                 with sync:
                     with self._autocast():
-                        out = self.loss_module(batch, self._loss_kwargs(gi, previous[mi]))
+                        _, out = self.loss_module(batch, self._loss_kwargs(gi, previous[mi]))
                     loss, terms, output = split_loss_output(out)
                     previous[mi] = output
                     value = float(loss.detach())

@@ -1,0 +1,142 @@
+"""CUDA checks of the real training path (a latent diffusion model built from a config, run
+by the shared trainer and the CLI), run by ``benchmarks/gpu.py`` (``pytest -m cuda``); they
+skip without CUDA. The last test checks that benchmarks/gpu.py itself exits cleanly on a
+machine without CUDA."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from latentkit.cli import main
+from latentkit.training import Trainer, build_dataset, build_model, load_weights, loads_config
+
+ROOT = Path(__file__).resolve().parent.parent
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+CONFIG = """
+[autoencoder]
+name = "kl"
+config = "f4"
+base_channels = 16
+channel_multipliers = [1, 2, 2]
+num_res_blocks = 1
+norm_num_groups = 8
+latent_channels = 4
+attention = false
+
+[conditioner]
+name = "openclip_text"
+model_name = "tiny"
+text_cfg = { context_length = 16 }
+outputs = ["crossattn"]
+trainable = true
+dropout = 0.1
+
+[denoiser]
+name = "unet"
+model_channels = 32
+channel_mult = [1, 2]
+num_res_blocks = 1
+attention_resolutions = [1, 2]
+num_heads = 4
+norm_groups = 16
+
+[schedule]
+name = "linear"
+
+[data]
+name = "shapes"
+size = 32
+length = 64
+
+[training]
+output_dir = "OUTPUT"
+max_steps = 6
+batch_size = 8
+lr = 1e-3
+ema_decay = 0.9
+checkpoint_every = 3
+progress = false
+"""
+
+
+def _trainer(tmp_path: Path, **overrides: object) -> Trainer:
+    import attrs
+
+    cfg = loads_config(CONFIG.replace("OUTPUT", str(tmp_path)))
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    return Trainer(model, build_dataset(cfg, model), attrs.evolve(cfg.training, **overrides))
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_training_steps_reduce_the_loss(tmp_path: Path, precision: str) -> None:
+    trainer = _trainer(tmp_path, precision=precision, max_steps=30, checkpoint_every=30, lr=2e-3)
+    assert trainer.device.type == "cuda"
+    first = [trainer.train_step()["loss"] for _ in range(5)]
+    metrics = trainer.fit()
+    assert all(torch.isfinite(torch.tensor(v)) for v in first)
+    assert metrics["loss"] < max(first)
+    if precision == "fp16":
+        assert trainer.scaler.is_enabled() and trainer.scaler.get_scale() > 0
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_channels_last_matches_contiguous(tmp_path: Path) -> None:
+    """channels-last is a memory layout, not a different model: same losses (fp32, no TF32)."""
+    a = _trainer(tmp_path / "a", channels_last=True, tf32=False)
+    b = _trainer(tmp_path / "b", channels_last=False, tf32=False)
+    conv = next(p for p in a.model.denoiser.parameters() if p.dim() == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    for _ in range(3):
+        la, lb = a.train_step()["loss"], b.train_step()["loss"]
+        assert la == pytest.approx(lb, rel=1e-3, abs=1e-4)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_torch_compile_matches_eager(tmp_path: Path) -> None:
+    eager = _trainer(tmp_path / "eager", tf32=False)
+    compiled = _trainer(tmp_path / "compiled", tf32=False, compile=True)
+    for _ in range(3):
+        le, lc = eager.train_step()["loss"], compiled.train_step()["loss"]
+        assert lc == pytest.approx(le, rel=2e-3, abs=1e-4)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_ddp_on_one_gpu_through_the_cli(tmp_path: Path) -> None:
+    """torchrun with one process: NCCL group, DDP wrapper, the CLI's train path; the weights
+    equal those of a plain (non-distributed) run of the same config."""
+    config = tmp_path / "c.toml"
+    config.write_text(CONFIG.replace("OUTPUT", str(tmp_path / "unused")))
+    assert main(["train", str(config), "--output", str(tmp_path / "plain")], out=io.StringIO()) == 0
+    env = {**os.environ, "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+         "-m", "latentkit.cli", "train", str(config), "--output", str(tmp_path / "ddp")],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "world size 1" in proc.stdout
+    plain, ddp = load_weights(tmp_path / "plain" / "checkpoints"), load_weights(tmp_path / "ddp" / "checkpoints")
+    for k in plain:
+        torch.testing.assert_close(ddp[k], plain[k], rtol=1e-3, atol=1e-4)
+
+
+def test_gpu_benchmark_without_cuda_says_so_and_exits_0() -> None:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py")], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "no CUDA device available" in proc.stdout

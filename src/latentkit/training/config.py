@@ -322,7 +322,7 @@ class DataConfig:
 class ModelConfig:
     """The ``[model]`` section: what is trained and the options of the composed model."""
 
-    kind: Literal["diffusion", "autoencoder"] = "diffusion"
+    kind: Literal["diffusion", "autoencoder", "stable_diffusion"] = "diffusion"
     options: dict[str, Any] = attrs.field(factory=dict)
 
 
@@ -444,24 +444,27 @@ def _parse(raw: Mapping[str, Any], text: str, where: str, manager: Any, check: b
 
     model_raw = dict(_section(raw, "model") or {})
     kind = model_raw.pop("kind", "diffusion")
-    if kind not in ("diffusion", "autoencoder"):
-        raise ConfigError(f"[model] kind must be 'diffusion' or 'autoencoder', got {kind!r}",
-                          section="model", key="kind")
+    if kind not in ("diffusion", "autoencoder", "stable_diffusion"):
+        raise ConfigError(
+            f"[model] kind must be 'diffusion', 'autoencoder' or 'stable_diffusion', got {kind!r}",
+            section="model", key="kind")
     model = ModelConfig(kind=kind, options=model_raw)
 
     required = {"diffusion": ("autoencoder", "denoiser", "schedule", "data", "training"),
-                "autoencoder": ("autoencoder", "data", "training")}[kind]
+                "autoencoder": ("autoencoder", "data", "training"),
+                "stable_diffusion": ("data", "training")}[kind]
     for name in required:
         if name not in raw:
             hint = (" (or set [model] kind = \"autoencoder\" to train the autoencoder alone)"
                     if kind == "diffusion" and name in ("denoiser", "schedule") else "")
             raise ConfigError(f"missing section [{name}], required for kind = {kind!r}{hint}",
                               path=where, line=None, section=None)
-    if kind == "autoencoder":
-        for name in ("denoiser", "conditioner", "schedule"):
-            if name in raw:
-                raise ConfigError(f"section [{name}] is not used when [model] kind = 'autoencoder'; remove it",
-                                  section=name)
+    unused = {"autoencoder": ("denoiser", "conditioner", "schedule"),
+              "stable_diffusion": ("autoencoder", "denoiser", "conditioner", "schedule")}.get(kind, ())
+    for name in unused:
+        if name in raw:
+            raise ConfigError(f"section [{name}] is not used when [model] kind = {kind!r}; remove it",
+                              section=name)
 
     components: dict[str, ComponentConfig | None] = {}
     for section, comp_kind in COMPONENT_SECTIONS.items():
@@ -644,6 +647,15 @@ def build_model(config: ExperimentConfig, *, manager: Any = None) -> Any:
     (:class:`latentkit.autoencoders.losses.AutoencoderTrainingLoss`), the ``[model]`` keys
     going to the loss.
     """
+    if config.model.kind == "stable_diffusion":
+        # Fine-tuning a Stable Diffusion single-file checkpoint: the [model] keys (``path``,
+        # ``prefer_ema``, ``prediction_type``, ...) go to ``load_stable_diffusion``.
+        from latentkit.interop.stable_diffusion import load_stable_diffusion
+
+        if "path" not in config.model.options:
+            raise config.error("[model] kind = 'stable_diffusion' needs path = \"FILE\" (a .safetensors "
+                               "or .ckpt checkpoint)", "model", "kind")
+        return _construct(config, load_stable_diffusion, {})
     assert config.autoencoder is not None
     autoencoder = _create_checked(config, "autoencoder", "autoencoder", config.autoencoder, manager)
     if config.model.kind == "autoencoder":

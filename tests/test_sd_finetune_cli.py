@@ -1,0 +1,70 @@
+"""Fine-tuning a Stable Diffusion single-file checkpoint through ``latentkit train``: the run
+starts from the file's weights, moves the UNet only, and saves back to the SD format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from latentkit.cli import main
+from latentkit.interop.stable_diffusion import (
+    load_stable_diffusion,
+    save_stable_diffusion,
+    tiny_config,
+    write_random_checkpoint,
+)
+from latentkit.training.config import ConfigError, build_model, load_config
+
+CONFIG = """
+[model]
+kind = "stable_diffusion"
+path = "{path}"
+
+[data]
+name = "shapes"
+size = 32
+length = 16
+
+[training]
+max_steps = 2
+batch_size = 2
+lr = 1e-3
+checkpoint_every = 2
+sample_every = 0
+"""
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny_sd1.safetensors"
+    write_random_checkpoint(path, tiny_config("sd1"))
+    return path
+
+
+def test_train_config_fine_tunes_an_sd_file_and_saves_it_back(tmp_path: Path, checkpoint: Path) -> None:
+    config = tmp_path / "ft.toml"
+    config.write_text(CONFIG.format(path=checkpoint.as_posix()))
+    assert main(["train", str(config), "--output", str(tmp_path / "run"), "--no-progress"]) == 0
+
+    from latentkit.training import load_weights
+
+    original = load_stable_diffusion(checkpoint)
+    tuned = load_stable_diffusion(checkpoint)
+    tuned.load_state_dict(load_weights(tmp_path / "run" / "checkpoints"))
+    before, after = original.state_dict(), tuned.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(".denoiser." in f".{k}" or k.startswith("denoiser") for k in moved), sorted(moved)[:5]
+
+    out = tmp_path / "tuned.safetensors"
+    save_stable_diffusion(tuned, out, include_extra=False)
+    reloaded = load_stable_diffusion(out).state_dict()
+    assert all(torch.equal(reloaded[k], after[k]) for k in moved)
+
+
+def test_stable_diffusion_kind_needs_a_path(tmp_path: Path) -> None:
+    config = tmp_path / "ft.toml"
+    config.write_text(CONFIG.replace('path = "{path}"\n', ""))
+    with pytest.raises(ConfigError, match="needs path"):
+        build_model(load_config(config))

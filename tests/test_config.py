@@ -119,7 +119,7 @@ def test_int_is_accepted_for_float_but_not_the_reverse(pm: PluginManager) -> Non
         ("num_classes = 12", 'num_classes = "twelve"', "num_classes", r"\[conditioner\] num_classes must be integer for conditioner 'class_label'"),
         ("size = 16", "size = true", "size =", r"\[data\] size must be integer for dataset 'shapes'"),
         ("[model]", "[modle]", "[modle]", r"unknown section \[modle\].*Did you mean 'model'"),
-        ('parameterization = "eps"', 'kind = "gan"', "kind", r"\[model\] kind must be 'diffusion' or 'autoencoder'"),
+        ('parameterization = "eps"', 'kind = "gan"', "kind", r"\[model\] kind must be 'diffusion', 'autoencoder' or 'stable_diffusion'"),
         ("progress = false", "progress = 0", "progress", r"progress must be boolean, got 0"),
         ("batch_size = 4", "batch_size = 0", "batch_size", r"batch_size must be > 0"),
     ],

@@ -179,6 +179,8 @@ class Autoencoder(nn.Module, abc.ABC):
     """
 
     kind: ClassVar[str] = "autoencoder"
+    scaling_factor: torch.Tensor  # buffers (see __init__), typed for readers and checkers
+    shift_factor: torch.Tensor
     #: Layouts this autoencoder can be built for (the instance uses ``data_spec.layout``).
     supported_layouts: ClassVar[tuple[str, ...]] = ("CHW",)
 

@@ -18,6 +18,7 @@ or ``LATENTKIT_BLOCK_PLUGINS`` (comma-separated).
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import inspect
 import os
@@ -261,7 +262,7 @@ class PluginManager:
         found: list[tuple[str, Callable[[], Any], str | None, str | None]] = []
         version = _builtin_version()
         for module in BUILTIN_PLUGINS:
-            found.append((module, lambda m=module: importlib.import_module(m), "latentkit", version))
+            found.append((module, functools.partial(importlib.import_module, module), "latentkit", version))
         if self.autoload:
             # Sorted, so that which of two clashing plugins loses does not depend on sys.path
             # listing order.
@@ -273,7 +274,7 @@ class PluginManager:
                 dist = getattr(ep, "dist", None)
                 found.append((ep.name, ep.load, dist.name if dist else None, dist.version if dist else None))
         for module in _env_list("LATENTKIT_PLUGINS"):
-            found.append((module, lambda m=module: importlib.import_module(m), None, None))
+            found.append((module, functools.partial(importlib.import_module, module), None, None))
         return found
 
     def load(self) -> None:

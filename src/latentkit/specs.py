@@ -54,6 +54,14 @@ def _float_field(cls_name: str, field: str) -> Callable[[Any], float]:
     return convert
 
 
+def _scaling_factor(value: Any) -> float:
+    return _float_field("LatentSpec", "scaling_factor")(value)
+
+
+def _shift_factor(value: Any) -> float:
+    return _float_field("LatentSpec", "shift_factor")(value)
+
+
 def _range_field(value: Any) -> tuple[float, float]:
     try:
         lo, hi = value
@@ -133,10 +141,10 @@ class LatentSpec:
     layout: str = attrs.field(default="CHW", validator=_check_layout)
     downsampling: tuple[int, ...] = attrs.field(default=None)  # data size / latent size per axis
     scaling_factor: float = attrs.field(
-        default=1.0, converter=_float_field("LatentSpec", "scaling_factor"), validator=_check_finite
+        default=1.0, converter=_scaling_factor, validator=_check_finite
     )
     shift_factor: float = attrs.field(
-        default=0.0, converter=_float_field("LatentSpec", "shift_factor"), validator=_check_finite
+        default=0.0, converter=_shift_factor, validator=_check_finite
     )
 
     def __attrs_post_init__(self) -> None:

@@ -86,8 +86,11 @@ def test_torchrun_two_processes_match_one_process_with_twice_the_batch(tmp_path:
         a = load_weights(one / "checkpoints", ema=ema)
         b = load_weights(two / "checkpoints", ema=ema)
         assert a.keys() == b.keys()
+        # Gradients agree up to float reassociation (all-reduce sums in another order); Adam's
+        # division by sqrt(v) magnifies that for near-zero gradients, so allow 5% of one
+        # update (lr = 2e-3) per element.
         for k in weights:
-            torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+            torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
         # the comparison is not vacuous: training moved the weights
         init = load_weights(one / "checkpoints" / "step_00000002", ema=False)
         moved = sum(not torch.equal(init[k], a[k]) for k in a if k.startswith("autoencoder.encoder"))

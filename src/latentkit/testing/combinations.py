@@ -32,6 +32,7 @@ from __future__ import annotations
 import inspect
 import math
 import traceback
+import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -71,7 +72,15 @@ def _accepts(factory: Callable[..., Any], key: str) -> bool:
 
 
 def _supported_layouts(info: ComponentInfo) -> tuple[str, ...]:
-    layouts = getattr(info.resolve(), "supported_layouts", None)
+    factory = info.resolve()
+    layouts = getattr(factory, "supported_layouts", None)
+    if layouts is None:
+        # A factory function: the class it is annotated to return declares the layouts.
+        try:
+            returned = typing.get_type_hints(factory).get("return")
+        except Exception:  # unresolvable annotations: fall back to the default below
+            returned = None
+        layouts = getattr(returned, "supported_layouts", None)
     return tuple(layouts) if layouts else ("CHW",)
 
 

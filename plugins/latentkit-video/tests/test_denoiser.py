@@ -1,0 +1,111 @@
+"""The video UNet: identity initialisation from an image UNet, any frame count, temporal
+mixing, conditioning."""
+
+from __future__ import annotations
+
+import latentkit
+import pytest
+import torch
+
+from latentkit_video.denoiser import TemporalLayer, VideoUNet
+from latentkit_video.plugin import VIDEO_UNET_TINY_CONFIG
+
+IMAGE = dict(model_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,),
+             num_heads=2, norm_groups=4)
+
+
+def _perturb(module: torch.nn.Module, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+@pytest.fixture(scope="module")
+def trained_image_unet() -> torch.nn.Module:
+    """An image UNet with non-trivial weights (standing in for a trained one), crossattn 6."""
+    unet = latentkit.create("denoiser", "unet", in_channels=3, out_channels=3, crossattn_dim=6, **IMAGE)
+    _perturb(unet, 1)
+    return unet.eval()
+
+
+def test_from_image_unet_equals_the_image_model_on_every_frame(trained_image_unet) -> None:
+    video = VideoUNet.from_image_unet(trained_image_unet, temporal_head_channels=8, norm_groups=4).eval()
+    x, t = torch.randn(2, 3, 5, 8, 8), torch.tensor([3.0, 700.0])
+    cond = latentkit.Conditioning(crossattn=torch.randn(2, 4, 6))
+    with torch.no_grad():
+        out = video(x, t, cond)
+        frames = [trained_image_unet(x[:, :, i], t, cond) for i in range(5)]
+    torch.testing.assert_close(out, torch.stack(frames, dim=2))
+    blocks = len(trained_image_unet.input_blocks) + 1 + len(trained_image_unet.output_blocks)
+    assert sum(isinstance(m, TemporalLayer) for m in video.modules()) == blocks == 9  # every block
+    assert video.image_unet is not trained_image_unet  # a copy: training it leaves the image model
+
+
+def test_load_image_weights_from_a_latent_diffusion_state_dict(trained_image_unet) -> None:
+    video = latentkit.create("denoiser", "video_unet", in_channels=3, out_channels=3, crossattn_dim=6,
+                             temporal_head_channels=8, **IMAGE).eval()
+    video.load_image_weights({f"denoiser.{k}": v for k, v in trained_image_unet.state_dict().items()})
+    x, t = torch.randn(1, 3, 2, 8, 8), torch.tensor([50.0])
+    cond = latentkit.Conditioning(crossattn=torch.randn(1, 3, 6))
+    with torch.no_grad():
+        torch.testing.assert_close(video(x, t, cond)[:, :, 1], trained_image_unet(x[:, :, 1], t, cond))
+
+
+def test_temporal_layers_mix_frames_and_respect_the_frame_order(trained_image_unet) -> None:
+    video = VideoUNet.from_image_unet(trained_image_unet, temporal_head_channels=8, norm_groups=4)
+    _perturb(video, 2)  # lift the zero initialisation of the temporal outputs
+    video.eval()
+    x, t = torch.randn(1, 3, 4, 8, 8), torch.tensor([10.0])
+    cond = latentkit.Conditioning(crossattn=torch.randn(1, 2, 6))
+    with torch.no_grad():
+        base = video(x, t, cond)
+        changed = x.clone()
+        changed[:, :, 3] += 1.0  # only the last frame changes ...
+        out = video(changed, t, cond)
+        assert (out[:, :, 0] - base[:, :, 0]).abs().max() > 1e-4  # ... and frame 0 sees it
+        # positional embedding: reversing time is not the same as reversing the output
+        rev = video(x.flip(2), t, cond).flip(2)
+        assert (rev - base).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("frames", [1, 3, 8])
+def test_any_number_of_frames_and_unaligned_sizes(frames: int) -> None:
+    video = latentkit.create("denoiser", "video_unet", **{**VIDEO_UNET_TINY_CONFIG, "channel_mult": [1, 2]})
+    assert video.image_unet.size_multiple == 2 and video.size_multiple == 1
+    x = torch.randn(2, 4, frames, 5, 7)  # H, W padded to the multiple and cropped back
+    with torch.no_grad():
+        out = video(x, torch.tensor([1.0, 2.0]))
+    assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def test_temporal_resolutions_selects_where_temporal_layers_go() -> None:
+    video = latentkit.create("denoiser", "video_unet", **{**VIDEO_UNET_TINY_CONFIG, "channel_mult": [1, 2],
+                                                          "temporal_resolutions": [2]})
+    layers = [m for m in video.modules() if isinstance(m, TemporalLayer)]
+    assert len(layers) == 4  # the downsample block, the level-2 block, middle, first output block
+    with pytest.raises(ValueError, match="match no block"):
+        latentkit.create("denoiser", "video_unet", **{**VIDEO_UNET_TINY_CONFIG, "temporal_resolutions": [8]})
+
+
+def test_concat_and_vector_conditioning_pass_through() -> None:
+    video = latentkit.create("denoiser", "video_unet", **{**VIDEO_UNET_TINY_CONFIG, "in_channels": 9,
+                                                          "out_channels": 4, "vector_dim": 5})
+    assert video.conditioning_spec.concat_channels == 5 and video.conditioning_spec.vector_dim == 5
+    x = torch.randn(1, 4, 2, 4, 4)
+    cond = latentkit.Conditioning(concat=torch.randn(1, 5, 2, 4, 4), vector=torch.randn(1, 5))
+    assert video(x, torch.tensor([1.0]), cond).shape == x.shape
+    with pytest.raises(ValueError, match="concat"):
+        video(x, torch.tensor([1.0]), latentkit.Conditioning(concat=torch.randn(1, 5, 3, 4, 4),
+                                                             vector=torch.randn(1, 5)))
+
+
+def test_factory_rejects_unknown_and_duplicated_options() -> None:
+    with pytest.raises(TypeError, match="bogus"):
+        latentkit.create("denoiser", "video_unet", **VIDEO_UNET_TINY_CONFIG, bogus=1)
+    with pytest.raises(ValueError, match="both"):
+        latentkit.create("denoiser", "video_unet", **VIDEO_UNET_TINY_CONFIG,
+                         image_config={"model_channels": 8})
+    with pytest.raises(TypeError, match="LDM UNet layout"):
+        VideoUNet(latentkit.create("denoiser", "dit", in_channels=4, out_channels=4, hidden_size=24,
+                                   depth=1, num_heads=2, patch_size=2, input_size=8))

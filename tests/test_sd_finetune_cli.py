@@ -68,3 +68,29 @@ def test_stable_diffusion_kind_needs_a_path(tmp_path: Path) -> None:
     config.write_text(CONFIG.replace('path = "{path}"\n', ""))
     with pytest.raises(ConfigError, match="needs path"):
         build_model(load_config(config))
+
+
+def test_sample_img2img_and_inpainting_from_an_sd_file(tmp_path: Path, checkpoint: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from latentkit.cli import _read_image
+
+    pixels = np.zeros((32, 32, 3), np.uint8)
+    pixels[8:24, 8:24] = [255, 0, 0]
+    Image.fromarray(pixels).save(tmp_path / "init.png")
+    mask = np.zeros((32, 32), np.uint8)
+    mask[:, 16:] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    image = _read_image(str(tmp_path / "init.png"), 3, None, (-1.0, 1.0))
+    assert image.shape == (3, 32, 32) and float(image[0, 16, 16]) == 1.0 and float(image[1, 0, 0]) == -1.0
+
+    base = ["sample", "--checkpoint", str(checkpoint), "--prompt", "a red square", "--steps", "3",
+            "--num", "2", "--device", "cpu", "--init-image", str(tmp_path / "init.png")]
+    assert main([*base, "--strength", "0.5", "--out", str(tmp_path / "i2i.png")]) == 0
+    assert main([*base, "--mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / "inp.png")]) == 0
+    assert (tmp_path / "i2i.png").stat().st_size > 0 and (tmp_path / "inp.png").stat().st_size > 0
+    assert main(["sample", "--checkpoint", str(checkpoint), "--prompt", "x", "--device", "cpu",
+                 "--mask", str(tmp_path / "mask.png")]) == 2
+    assert "--mask needs --init-image" in capsys.readouterr().err

@@ -290,17 +290,56 @@ def _sample_images(model: Any, config: Any, args: argparse.Namespace, batch: Any
 
     options: dict[str, Any] = {"sampler": args.sampler, "steps": args.steps, "guidance_scale": args.guidance,
                                "seed": args.seed}
-    latent = _latent_size(model, config, args.size)
-    if latent is not None:
-        options["latent_size"] = latent
+    if args.init_image is None:  # otherwise the init image decides the size
+        latent = _latent_size(model, config, args.size)
+        if latent is not None:
+            options["latent_size"] = latent
     if args.negative_prompt is not None:
         if not isinstance(batch, dict) or "caption" not in batch:
             raise ValueError("--negative-prompt needs --prompt")
         options["negative"] = {"caption": [args.negative_prompt] * len(batch["caption"])}
     if options["guidance_scale"] == 1.0 and args.negative_prompt is not None:
         print("note: --negative-prompt has no effect at --guidance 1", file=sys.stderr)
+    if args.mask is not None and args.init_image is None:
+        raise ValueError("--mask needs --init-image (the image to inpaint)")
     with torch.no_grad():
-        return model.sample(batch, **options).float().cpu()
+        if args.init_image is None:
+            return model.sample(batch, **options).float().cpu()
+        count = len(batch["caption"] if isinstance(batch, dict) and "caption" in batch else
+                    batch["label"] if isinstance(batch, dict) else range(batch))
+        spec = model.autoencoder.data_spec
+        image = _read_image(args.init_image, spec.channels, args.size, spec.value_range)
+        model.autoencoder.latent_spec.latent_size(tuple(image.shape[1:]))  # clear error if indivisible
+        images = image.unsqueeze(0).expand(count, *image.shape).contiguous()
+        cond_batch = batch if isinstance(batch, dict) else None
+        if args.mask is not None:
+            mask = _read_image(args.mask, 1, tuple(image.shape[1:]), (0.0, 1.0))
+            masks = (mask > 0.5).float().unsqueeze(0).expand(count, *mask.shape).contiguous()
+            strength = 1.0 if args.strength is None else args.strength
+            return model.inpaint(images, masks, batch=cond_batch, strength=strength, **options).float().cpu()
+        strength = 0.75 if args.strength is None else args.strength
+        return model.img2img(images, strength, batch=cond_batch, **options).float().cpu()
+
+
+def _read_image(path: str, channels: int, size: Sequence[int] | None, value_range: Sequence[float]) -> Any:
+    """An image file as a (C, H, W) float tensor in ``value_range``, resized to ``size`` (H [W])."""
+    import numpy as np
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if channels == 1 else "RGB")
+            if size:
+                h, w = (size[0], size[0]) if len(size) == 1 else (size[0], size[1])
+                img = img.resize((w, h), Image.Resampling.BICUBIC)
+            array = np.asarray(img, dtype=np.float32) / 255.0
+    except (OSError, UnidentifiedImageError) as exc:
+        raise ValueError(f"cannot read image {path!r}: {exc}") from None
+    tensor = torch.from_numpy(array.copy())
+    tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+    lo, hi = float(value_range[0]), float(value_range[1])
+    return tensor * (hi - lo) + lo
 
 
 def _add_sampling_options(p: argparse.ArgumentParser, *, default_num: int) -> None:
@@ -439,6 +478,13 @@ def _add_run_commands(sub: Any) -> None:
     p.add_argument("--negative-prompt", metavar="TEXT", help="replaces the empty prompt of guidance")
     p.add_argument("--label", action="append", type=int, metavar="N", help="class label (repeatable)")
     _add_sampling_options(p, default_num=4)
+    p.add_argument("--init-image", metavar="IMAGE",
+                   help="img2img: start from this image file (resized to --size if given)")
+    p.add_argument("--strength", type=float, metavar="S",
+                   help="img2img/inpainting: how much of the schedule to run, 0..1 "
+                   "(default 0.75 for img2img, 1 for inpainting)")
+    p.add_argument("--mask", metavar="IMAGE",
+                   help="inpainting (with --init-image): white = region to generate, black = keep")
     p.add_argument("--out", default="grid.png", metavar="PNG", help="output grid (default grid.png)")
     p.set_defaults(func=cmd_sample)
 
@@ -457,7 +503,8 @@ def _add_run_commands(sub: Any) -> None:
     _add_sampling_options(p, default_num=4)
     p.add_argument("--out", metavar="PNG", help="also write the checked samples as a grid")
     p.add_argument("--json", metavar="FILE", help="write every metric as JSON")
-    p.set_defaults(func=cmd_eval, checkpoint=None, negative_prompt=None, label=None)
+    p.set_defaults(func=cmd_eval, checkpoint=None, negative_prompt=None, label=None, init_image=None,
+                   mask=None, strength=None)
 
     p = sub.add_parser(
         "quickstart", help="train a small text-to-image model on the CPU (minutes)",

@@ -284,7 +284,14 @@ def prune_checkpoints(directory: str | os.PathLike[str], keep_last: int) -> list
     for s, p in dirs:
         if p in kept or (oldest_kept is not None and s > oldest_kept):
             continue
-        shutil.rmtree(p, ignore_errors=True)
+        # Rename first (atomic), so a crash mid-delete never leaves a half-deleted step_<N>
+        # that looks like a checkpoint; the next save sweeps up the renamed remains.
+        trash = p.with_name(f".tmp-{p.name}-old-{uuid.uuid4().hex[:8]}")
+        try:
+            os.rename(p, trash)
+        except OSError:
+            continue
+        shutil.rmtree(trash, ignore_errors=True)
         removed.append(p)
     return removed
 

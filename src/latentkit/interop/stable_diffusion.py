@@ -281,6 +281,44 @@ def ldm_meta_state(config: StableDiffusionConfig) -> dict[str, torch.Tensor]:
     return to_ldm_state_dict_from(*_own_states(*parts), config.family)
 
 
+def _assemble_config(
+    family: str,
+    *,
+    sd2: bool,
+    inpainting: bool,
+    prediction_type: str | None,
+    unet: dict[str, Any],
+    autoencoder: dict[str, Any],
+    text_width: int,
+    text_layers: int,
+) -> StableDiffusionConfig:
+    """The text tower of the family (SD 1.x: CLIP, quick-GELU, no projection; SD 2.x: OpenCLIP,
+    linear projection; 77 tokens, 49408-token vocabulary, 64-wide heads) and the default
+    prediction type (v for SD 2.x non-inpainting), around the given UNet and autoencoder."""
+    text = {
+        "text_cfg": {
+            "context_length": 77,
+            "vocab_size": 49408,
+            "width": text_width,
+            "heads": text_width // 64,
+            "layers": text_layers,
+            "mlp_ratio": 4.0,
+            "proj_type": "linear" if sd2 else "none",
+        },
+        "embed_dim": text_width,
+        "quick_gelu": not sd2,
+    }
+    if prediction_type is None:
+        prediction_type = "v" if sd2 and not inpainting else "eps"
+    return StableDiffusionConfig(
+        family=family,
+        prediction_type=_PREDICTION_NAMES[prediction_type],
+        unet=unet,
+        autoencoder=autoencoder,
+        text=text,
+    )
+
+
 def tiny_config(
     family: str = "sd1", *, inpainting: bool = False, prediction_type: str | None = None
 ) -> StableDiffusionConfig:
@@ -319,28 +357,9 @@ def tiny_config(
         norm_num_groups=32,
         attention=True,
     )
-    text = {
-        "text_cfg": {
-            "context_length": 77,
-            "vocab_size": 49408,
-            "width": width,
-            "heads": width // 64,
-            "layers": 3 if sd2 else 2,
-            "mlp_ratio": 4.0,
-            "proj_type": "linear" if sd2 else "none",
-        },
-        "embed_dim": width,
-        "quick_gelu": not sd2,
-    }
-    if prediction_type is None:
-        prediction_type = "v" if sd2 and not inpainting else "eps"
-    return StableDiffusionConfig(
-        family=family,
-        prediction_type=_PREDICTION_NAMES[prediction_type],
-        unet=unet,
-        autoencoder=autoencoder,
-        text=text,
-    )
+    return _assemble_config(family, sd2=sd2, inpainting=inpainting, prediction_type=prediction_type,
+                            unet=unet, autoencoder=autoencoder, text_width=width,
+                            text_layers=3 if sd2 else 2)
 
 
 def released_config(
@@ -379,28 +398,9 @@ def released_config(
         attention=True,
     )
     width = 1024 if sd2 else 768
-    text = {
-        "text_cfg": {
-            "context_length": 77,
-            "vocab_size": 49408,
-            "width": width,
-            "heads": width // 64,
-            "layers": 24 if sd2 else 12,
-            "mlp_ratio": 4.0,
-            "proj_type": "linear" if sd2 else "none",
-        },
-        "embed_dim": width,
-        "quick_gelu": not sd2,
-    }
-    if prediction_type is None:
-        prediction_type = "v" if sd2 and not inpainting else "eps"
-    return StableDiffusionConfig(
-        family=family,
-        prediction_type=_PREDICTION_NAMES[prediction_type],
-        unet=unet,
-        autoencoder=autoencoder,
-        text=text,
-    )
+    return _assemble_config(family, sd2=sd2, inpainting=inpainting, prediction_type=prediction_type,
+                            unet=unet, autoencoder=autoencoder, text_width=width,
+                            text_layers=24 if sd2 else 12)
 
 
 @torch.no_grad()

@@ -10,35 +10,31 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 
-from latentkit.autoencoders.kl import KLAutoencoder
-from latentkit.autoencoders.losses import AutoencoderTrainingLoss
-from latentkit.autoencoders.sample_data import bicubic_baseline, photo_crops, psnr
+from latentkit.autoencoders.sample_data import photo_crops
 from latentkit.autoencoders.vq import VQAutoencoder
 
 pytestmark = pytest.mark.slow
 
 pytest.importorskip("skimage")
 
+# The training loop and the PSNR comparison are shared with benchmarks/autoencoder_psnr.py,
+# which runs the kl-f4 test's setup (and variants of it) with a time budget, e.g. on a GPU.
+_SPEC = importlib.util.spec_from_file_location(
+    "autoencoder_psnr", Path(__file__).resolve().parents[1] / "benchmarks" / "autoencoder_psnr.py"
+)
+assert _SPEC is not None and _SPEC.loader is not None
+autoencoder_psnr = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(autoencoder_psnr)
+
 
 def _train(model: torch.nn.Module, steps: int, *, lr: float, crop: int = 16, batch: int = 16) -> torch.Tensor:
-    torch.manual_seed(0)
-    train = photo_crops(2048, crop, split="train", seed=0)
-    loss = AutoencoderTrainingLoss(model, reconstruction="l2", disc_start=10**9)  # type: ignore[arg-type]
-    opt = torch.optim.Adam(loss.parameters_for(0), lr=lr, betas=(0.5, 0.9))
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    gen = torch.Generator().manual_seed(0)
-    for step in range(steps):
-        out = loss.loss(train[torch.randint(0, train.shape[0], (batch,), generator=gen)], 0, step)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        opt.step()
-        schedule.step()
-        if step % 500 == 0:
-            print(step, {k: round(v, 4) for k, v in out.logs.items()})
-    return train
+    return autoencoder_psnr.train_first_stage(model, steps, lr=lr, crop=crop, batch=batch)["train"]  # type: ignore[no-any-return]
 
 
 @pytest.mark.xfail(
@@ -50,16 +46,12 @@ def test_kl_f4_beats_bicubic_at_the_same_number_of_floats() -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small convolutions: one thread beats contended threads
     try:
-        torch.manual_seed(0)
-        model = KLAutoencoder("f4", base_channels=16, num_res_blocks=1, norm_num_groups=8, attention=False)
+        model = autoencoder_psnr.build_kl_f4()  # seeded
         train = _train(model, 6000, lr=4e-3)
         # held-out crops of the training size: GroupNorm statistics depend on the extent
         held = photo_crops(512, 16, split="heldout", seed=1)
         model.eval()
-        with torch.no_grad():
-            rec = model.decode(model.encode(held).mode())
-        floats = model.latent_spec.channels * 4 * 4  # latent floats per 16x16 crop
-        ours, baseline = psnr(rec, held), psnr(bicubic_baseline(held, floats), held)
+        ours, baseline, floats = autoencoder_psnr.heldout_psnr(model, held)  # floats: latent per crop (48)
         print(f"kl-f4 held-out PSNR {ours:.2f} dB, bicubic at {floats} floats {baseline:.2f} dB")
         # latent statistics on the training data
         stats = model.fit_latent_statistics(train[:512], batch_size=128, generator=torch.Generator().manual_seed(0))

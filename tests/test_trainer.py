@@ -447,6 +447,39 @@ class ImageData(torch.utils.data.Dataset):
         return {"image": self.x[i]}
 
 
+class MixedRankModel(nn.Module):
+    """A 2-D and a 3-D convolution (as in video UNets: spatial layers, then temporal ones)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spatial = nn.Conv2d(3, 8, 3, padding=1)
+        self.temporal = nn.Conv3d(8, 3, 3, padding=1)
+
+    def loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        x = batch["image"]  # (B, 3, H, W): a 2-frame "video" of the image and its mirror
+        h = self.spatial(x)
+        video = torch.stack([h, h.flip(-1)], dim=2)
+        return (self.temporal(video) - x[:, :, None]).pow(2).mean()
+
+
+def test_channels_last_handles_3d_convolutions(tmp_path: Path) -> None:
+    """channels-last (the CUDA default) stores 4-D weights channels-last and 5-D ones
+    channels-last-3d, instead of refusing a model that has both; the losses equal a
+    contiguous run's."""
+    losses = {}
+    for flag in (True, False):
+        torch.manual_seed(0)
+        model = MixedRankModel()
+        trainer = Trainer(model, ImageData(), TrainingConfig(output_dir=str(tmp_path / str(flag)), max_steps=3,
+                                                              batch_size=8, progress=False, shuffle=False,
+                                                              channels_last=flag), plugin_manager=_pm())
+        if flag:
+            assert model.spatial.weight.is_contiguous(memory_format=torch.channels_last)
+            assert model.temporal.weight.is_contiguous(memory_format=torch.channels_last_3d)
+        losses[flag] = [trainer.train_step()["loss"] for _ in range(3)]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+
+
 @pytest.mark.cuda
 @needs_cuda
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import latentkit
 import pytest
 import torch
+from latentkit.errors import ShapeError
 
 from latentkit_video.denoiser import TemporalLayer, VideoUNet
 from latentkit_video.plugin import VIDEO_UNET_TINY_CONFIG
@@ -109,3 +110,53 @@ def test_factory_rejects_unknown_and_duplicated_options() -> None:
     with pytest.raises(TypeError, match="LDM UNet layout"):
         VideoUNet(latentkit.create("denoiser", "dit", in_channels=4, out_channels=4, hidden_size=24,
                                    depth=1, num_heads=2, patch_size=2, input_size=8))
+
+
+def test_temporal_conditioning_keeps_the_identity_init_and_reaches_the_temporal_layers(
+        trained_image_unet) -> None:
+    video = VideoUNet.from_image_unet(trained_image_unet, temporal_head_channels=8, norm_groups=4,
+                                      temporal_context=True, temporal_embedding=True).eval()
+    x, t = torch.randn(2, 3, 4, 8, 8), torch.tensor([3.0, 700.0])
+    cond = latentkit.Conditioning(crossattn=torch.randn(2, 5, 6))
+    with torch.no_grad():  # zero-initialised residuals: still the image model on every frame
+        frames = [trained_image_unet(x[:, :, i], t, cond) for i in range(4)]
+        torch.testing.assert_close(video(x, t, cond), torch.stack(frames, dim=2))
+    layer = next(m for m in video.modules() if isinstance(m, TemporalLayer))
+    attention = layer.attention
+    assert attention is not None and attention.emb_proj is not None and "q_ctx" in attention.blocks[0]
+    _perturb(video, 3)
+    video.eval()
+    h = torch.randn(2 * 4, attention.proj_in.in_features, 3, 3)  # folded (B T, C, H, W)
+    context, other = torch.randn(2, 5, 6), torch.randn(2, 5, 6)
+    emb = torch.randn(2, attention.emb_dim)
+    with torch.no_grad():
+        base = layer(h, 4, context, emb)
+        assert (layer(h, 4, other, emb) - base).abs().max() > 1e-4  # the text changes the motion
+        assert (layer(h, 4, context, emb + 1.0) - base).abs().max() > 1e-4  # and the embedding
+        # each video attends to its own context only
+        swapped = layer(h, 4, torch.cat([context[:1], other[1:]]), emb)
+        torch.testing.assert_close(swapped[:4], base[:4])
+    with pytest.raises(ShapeError, match="context"):
+        layer(h, 4, None, emb)
+
+
+def test_temporal_conditioning_options_through_the_factory() -> None:
+    config = {**VIDEO_UNET_TINY_CONFIG, "channel_mult": [1, 2], "crossattn_dim": 6, "vector_dim": 5,
+              "temporal_context": True, "temporal_embedding": True}
+    video = latentkit.create("denoiser", "video_unet", **config)
+    assert video.temporal_config["temporal_context"] and video.temporal_config["temporal_embedding"]
+    x = torch.randn(2, 4, 3, 4, 4)
+    t = torch.tensor([1.0, 2.0])
+    cond = latentkit.Conditioning(crossattn=torch.randn(2, 7, 6), vector=torch.randn(2, 5))
+    out = video(x, t, cond)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    out.square().mean().backward()  # the new parameters are in the graph
+    layer = next(m for m in video.modules() if isinstance(m, TemporalLayer))
+    assert layer.attention.proj_out.weight.grad is not None
+    off = latentkit.create("denoiser", "video_unet", **{**config, "temporal_context": False,
+                                                        "temporal_embedding": False})
+    assert sum(p.numel() for p in off.parameters()) < sum(p.numel() for p in video.parameters())
+    with pytest.raises(ValueError, match="crossattn_dim"):
+        latentkit.create("denoiser", "video_unet", **{**config, "crossattn_dim": None})
+    with pytest.raises(ValueError, match="need temporal_attention"):
+        latentkit.create("denoiser", "video_unet", **{**config, "temporal_attention": False})

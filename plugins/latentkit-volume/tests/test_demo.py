@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from latentkit_volume.data import PrimitivesDataset
 from latentkit_volume.demo import (
+    VARIANTS,
     build_primitives_model,
     evaluate_volumes,
     export_volumes,
+    main,
     sample_primitives,
+    train_primitives,
 )
 from latentkit_volume.mesh import is_watertight, read_mesh
 
@@ -41,3 +46,51 @@ def test_class_and_text_models_sample_volumes() -> None:
         # item i depends on its seed only, not on the batching
         again, _ = sample_primitives(model, per_shape=1, steps=2, guidance_scale=2.0, batch_size=3)
         torch.testing.assert_close(again, volumes, atol=1e-4, rtol=1e-4)
+
+
+_TINY = dict(resolution=8, dataset_length=32, batch_size=4, per_shape=1, sample_steps=2,
+             denoiser_config={"preset": "tiny"}, export=False, progress=False)
+
+
+def test_cached_data_and_budget_loop_train_like_the_trainer(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    ref = train_primitives(tmp_path / "a", steps=3, cache_data=False, **_TINY)
+    cached = train_primitives(tmp_path / "b", steps=3, **_TINY)
+    looped = train_primitives(tmp_path / "c", steps=3, time_budget=600.0, checkpoint=False, **_TINY)
+    assert ref.steps == cached.steps == looped.steps == 3
+    assert ref.final_loss == cached.final_loss == looped.final_loss
+    for a, b in zip(ref.model.state_dict().values(), looped.model.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    assert (tmp_path / "a" / "checkpoints").is_dir() and not (tmp_path / "c" / "checkpoints").exists()
+
+
+def test_time_budget_stops_training_and_still_evaluates(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    result = train_primitives(tmp_path, steps=100_000, time_budget=3.0, extra_guidance=(2.0,), **_TINY)
+    assert 0 < result.steps < 100_000 and len(result.reports) == 4
+    assert list(result.extra) == [2.0] and len(result.extra[2.0]) == 4
+    assert (tmp_path / "checkpoints").is_dir()
+
+
+def test_command_line_appends_one_json_line_per_run(tmp_path: Path, capsys: Any) -> None:
+    assert main(["--list-variants"]) == 0
+    assert "default:" in capsys.readouterr().out
+    assert set(VARIANTS) >= {"default", "dit_b64", "dit_p2", "unet", "text_dit_b64"}
+    out = tmp_path / "res.jsonl"
+    args = ["--variant", "_tiny_test", "--steps", "2", "--per-shape", "1", "--time-budget", "600",
+            "--json", str(out), "--output", str(tmp_path / "run"), "--no-export"]
+    # a tiny text-conditioned variant, registered for this test only
+    VARIANTS["_tiny_test"] = {**{k: v for k, v in _TINY.items() if k not in ("export", "progress")},
+                              "conditioning": "text", "steps": 2}
+    try:
+        assert main(args) == 0
+        assert main(args) == 0
+    finally:
+        del VARIANTS["_tiny_test"]
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == 2
+    rec = lines[0]
+    assert rec["variant"] == "_tiny_test" and rec["steps"] == 2 and rec["samples"] == 4
+    assert set(rec["per_shape"]) == {"sphere", "cube", "cylinder", "torus"}
+    for key in ("success_rate", "watertight_rate", "train_seconds", "stopped_by_budget", "device"):
+        assert key in rec

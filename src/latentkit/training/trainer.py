@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import itertools
 import math
 import random
 import time
@@ -162,11 +163,24 @@ def _batch_size_of(batch: Any) -> int:
     return 0
 
 
+#: The channels-last memory format of each tensor rank that has one (images, video / volumes).
+_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
+def _to_channels_last(module: nn.Module) -> nn.Module:
+    """Store every 4-D parameter and buffer channels-last and every 5-D one channels-last-3d
+    (``module.to(memory_format=...)`` refuses a model that mixes 2-D and 3-D convolutions)."""
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        if tensor.ndim in _CHANNELS_LAST:
+            tensor.data = tensor.data.contiguous(memory_format=_CHANNELS_LAST[tensor.ndim])
+    return module
+
+
 def _to_device(batch: Any, device: torch.device, channels_last: bool) -> Any:
     if isinstance(batch, torch.Tensor):
         out = batch.to(device, non_blocking=True)
-        if channels_last and out.ndim == 4 and out.is_floating_point():
-            out = out.contiguous(memory_format=torch.channels_last)
+        if channels_last and out.is_floating_point() and out.ndim in _CHANNELS_LAST:
+            out = out.contiguous(memory_format=_CHANNELS_LAST[out.ndim])
         return out
     if isinstance(batch, Mapping):
         return {k: _to_device(v, device, channels_last) for k, v in batch.items()}
@@ -257,7 +271,7 @@ class Trainer:
 
         self.model = model.to(self.device)
         if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            self.model = _to_channels_last(self.model)
         self.model.train()
         self.generator = torch.Generator(self.device).manual_seed(config.seed + self.dist.rank)
         self._multi = hasattr(model, "optimizer_names") and hasattr(model, "parameters_for")
@@ -358,7 +372,10 @@ class Trainer:
             no_decay = [p for p in params if p.ndim < 2]  # biases and norm scales (timm's habit)
             param_groups = [g for g in ({"params": decay, "weight_decay": wd},
                                         {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
-            opt = torch.optim.AdamW(param_groups, **options)
+            # the fused kernel (CPU and CUDA): one pass over all tensors, several times
+            # faster than the per-tensor loop that is torch's CPU default
+            fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+            opt = torch.optim.AdamW(param_groups, fused=fused, **options)
             sched = torch.optim.lr_scheduler.LambdaLR(
                 opt, WarmupDecay(cfg.warmup_steps, cfg.max_steps, cfg.lr_decay, cfg.min_lr_ratio)
             )

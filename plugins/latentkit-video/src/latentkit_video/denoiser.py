@@ -16,6 +16,20 @@ Each temporal layer has
   temporal position embedding (Vaswani et al. 2017, Sec. 3.5), so attention is factorized:
   spatial (the image UNet's transformers) then temporal.
 
+In Video LDM the temporal layers see no conditioning: the caption reaches the video only
+through the spatial cross-attention of each frame. Two options (both off by default) feed it
+into the temporal layers as well, so the motion itself can depend on the prompt:
+
+* ``temporal_context``: cross-attention from the frame tokens to the ``crossattn`` context
+  (the text tokens) in every temporal transformer block, after the self-attention, as in
+  the spatial transformer blocks of Rombach et al. 2022 (Sec. 3.3);
+* ``temporal_embedding``: the UNet's embedding (timestep, plus the ``vector`` conditioning,
+  e.g. a pooled text embedding, when the image UNet takes one) projected and added to the
+  temporal tokens, as the ResBlocks add it to their features (Ho et al. 2020; Podell et al.
+  2023 for the pooled text vector).
+
+Both sit inside the zero-initialised residual, so the identity initialisation holds.
+
 Both work for any number of frames. The image backbone is any registered denoiser with the
 LDM UNet layout (``time_embed``, ``input_blocks``, ``middle_block``, ``output_blocks``,
 ``out``: latentkit's ``unet``), created through :func:`latentkit.create`.
@@ -81,28 +95,49 @@ class TemporalAttention(nn.Module):
     softmax(q k^T / sqrt(d)) v of Vaswani et al. 2017, Eq. 1, and a GELU MLP) on the
     (B H W, T, C) frame sequences, and a zero-initialised projection out, residual.
     Attention is a batched matmul: the sequences are short (T frames) and many (B H W).
+
+    With ``context_dim`` every block also cross-attends from its tokens to a ``(B, L,
+    context_dim)`` context (pre-norm, between self-attention and MLP); with ``emb_dim`` a
+    ``(B, emb_dim)`` embedding goes through SiLU and a linear layer and is added to every token
+    after the projection in. Both are required in :meth:`forward` when configured.
     """
 
     def __init__(self, channels: int, heads: int, depth: int = 1, norm_groups: int = 32,
-                 max_period: float = 10000.0, mlp_ratio: int = 2) -> None:
+                 max_period: float = 10000.0, mlp_ratio: int = 2, *,
+                 context_dim: int | None = None, emb_dim: int | None = None) -> None:
         super().__init__()
         if channels % heads:
             raise ValueError(f"TemporalAttention: {channels} channels not divisible by {heads} heads")
         self.heads = heads
         self.max_period = float(max_period)
+        self.context_dim = context_dim
+        self.emb_dim = emb_dim
         self.norm = normalization(channels, norm_groups)
         self.proj_in = nn.Linear(channels, channels)
-        self.blocks = nn.ModuleList(
-            nn.ModuleDict({
+        self.emb_proj = (nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, channels))
+                         if emb_dim is not None else None)
+
+        def block() -> nn.ModuleDict:
+            parts: dict[str, nn.Module] = {
                 "norm1": nn.LayerNorm(channels),
                 "qkv": nn.Linear(channels, 3 * channels, bias=False),
                 "attn_out": nn.Linear(channels, channels),
+            }
+            if context_dim is not None:
+                parts.update({
+                    "norm_ctx": nn.LayerNorm(channels),
+                    "q_ctx": nn.Linear(channels, channels, bias=False),
+                    "kv_ctx": nn.Linear(context_dim, 2 * channels, bias=False),
+                    "ctx_out": nn.Linear(channels, channels),
+                })
+            parts.update({
                 "norm2": nn.LayerNorm(channels),
                 "mlp": nn.Sequential(nn.Linear(channels, mlp_ratio * channels), nn.GELU(),
                                      nn.Linear(mlp_ratio * channels, channels)),
             })
-            for _ in range(depth)
-        )
+            return nn.ModuleDict(parts)
+
+        self.blocks = nn.ModuleList(block() for _ in range(depth))
         self.proj_out = zero_module(nn.Linear(channels, channels))
 
     def _attention(self, block: nn.ModuleDict, x: torch.Tensor) -> torch.Tensor:
@@ -111,15 +146,39 @@ class TemporalAttention(nn.Module):
         out = einops.rearrange(torch.bmm(weights, v), "(n h) t d -> n t (h d)", h=self.heads)
         return block["attn_out"](out)  # type: ignore[no-any-return]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, T, H, W) -> (B, C, T, H, W)."""
+    def _cross_attention(self, block: nn.ModuleDict, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        # The queries of one batch item (all H W positions, all T frames) attend to its own
+        # context: fold them into one sequence per item, (B H W, T, C) -> (B, H W T, C).
+        t, b = x.shape[1], context.shape[0]
+        q = einops.rearrange(block["q_ctx"](x), "(b s) t (h d) -> b h (s t) d", b=b, h=self.heads)
+        k, v = einops.rearrange(block["kv_ctx"](context), "b l (two h d) -> two b h l d", two=2, h=self.heads)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, H W T, d)
+        out = einops.rearrange(out, "b h (s t) d -> (b s) t (h d)", t=t)
+        return block["ctx_out"](out)  # type: ignore[no-any-return]
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                emb: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, T, H, W), context (B, L, context_dim), emb (B, emb_dim) -> (B, C, T, H, W)."""
         b, c, t, h, w = x.shape
+        if self.context_dim is not None and context is None:
+            raise ShapeError("TemporalAttention: built with context_dim, so forward needs a context")
+        if self.emb_proj is not None and emb is None:
+            raise ShapeError("TemporalAttention: built with emb_dim, so forward needs emb")
         tokens = einops.rearrange(self.norm(x), "b c t h w -> (b h w) t c")
         tokens = self.proj_in(tokens)
         pos = sincos_pos_embed((t,), c, device=x.device, dtype=tokens.dtype, max_period=self.max_period)
         tokens = tokens + pos[None]  # (B H W, T, C)
+        if self.emb_proj is not None:
+            assert emb is not None
+            tokens = tokens + self.emb_proj(emb.to(tokens.dtype)).repeat_interleave(h * w, dim=0)[:, None]
+        if self.context_dim is None:
+            context = None  # a layer without cross-attention ignores a context
+        elif context is not None:
+            context = context.to(tokens.dtype)
         for block in self.blocks:
             tokens = tokens + self._attention(block, block["norm1"](tokens))
+            if context is not None:
+                tokens = tokens + self._cross_attention(block, block["norm_ctx"](tokens), context)
             tokens = tokens + block["mlp"](block["norm2"](tokens))
         out = einops.rearrange(self.proj_out(tokens), "(b h w) t c -> b c t h w", b=b, h=h, w=w)
         return x + out
@@ -127,21 +186,28 @@ class TemporalAttention(nn.Module):
 
 class TemporalLayer(nn.Module):
     """The temporal layer inserted after one spatial block: optional temporal convolution,
-    then temporal attention. An identity map at initialisation."""
+    then temporal attention (optionally conditioned on ``context`` and ``emb``, see
+    :class:`TemporalAttention`). An identity map at initialisation."""
 
     def __init__(self, channels: int, heads: int, *, conv: bool = True, attention: bool = True,
-                 depth: int = 1, norm_groups: int = 32) -> None:
+                 depth: int = 1, norm_groups: int = 32, context_dim: int | None = None,
+                 emb_dim: int | None = None) -> None:
         super().__init__()
         self.conv = TemporalConv(channels, norm_groups) if conv else None
-        self.attention = TemporalAttention(channels, heads, depth, norm_groups) if attention else None
+        self.attention = (
+            TemporalAttention(channels, heads, depth, norm_groups, context_dim=context_dim, emb_dim=emb_dim)
+            if attention else None
+        )
 
-    def forward(self, h: torch.Tensor, frames: int) -> torch.Tensor:
-        """Folded frames (B T, C, H, W) -> (B T, C, H, W), mixing information along T."""
+    def forward(self, h: torch.Tensor, frames: int, context: torch.Tensor | None = None,
+                emb: torch.Tensor | None = None) -> torch.Tensor:
+        """Folded frames (B T, C, H, W) -> (B T, C, H, W), mixing information along T.
+        ``context`` (B, L, D) and ``emb`` (B, E) are per video, not per frame."""
         x = einops.rearrange(h, "(b t) c h w -> b c t h w", t=frames)
         if self.conv is not None:
             x = self.conv(x)
         if self.attention is not None:
-            x = self.attention(x)
+            x = self.attention(x, context, emb)
         return einops.rearrange(x, "b c t h w -> (b t) c h w")
 
 
@@ -164,6 +230,10 @@ class VideoUNet(Denoiser):
     temporal layers start as identity maps. Spatial sizes that are not multiples of the
     image UNet's ``size_multiple`` are zero-padded up to one and cropped back, so every
     ``T, H, W`` is accepted (``size_multiple`` is 1).
+
+    ``temporal_context`` (needs a ``crossattn_dim``) adds cross-attention to the text tokens
+    to every temporal attention block; ``temporal_embedding`` adds the UNet's timestep (and
+    ``vector``) embedding to the temporal tokens. Both need ``temporal_attention``.
     """
 
     supported_layouts: ClassVar[tuple[str, ...]] = ("CTHW",)
@@ -178,6 +248,8 @@ class VideoUNet(Denoiser):
         temporal_attention: bool = True,  # temporal self-attention
         temporal_resolutions: Sequence[int] | None = None,  # downsampling factors with temporal layers (None: all)
         norm_groups: int = 32,  # group norm groups of the temporal layers
+        temporal_context: bool = False,  # cross-attention to crossattn in the temporal blocks
+        temporal_embedding: bool = False,  # timestep (+ vector) embedding added to temporal tokens
     ) -> None:
         missing = [name for name in _UNET_PARTS if not hasattr(image_unet, name)]
         if missing or not isinstance(image_unet, Denoiser):
@@ -198,15 +270,22 @@ class VideoUNet(Denoiser):
         )
         if not (temporal_conv or temporal_attention):
             raise ValueError("VideoUNet: enable temporal_conv, temporal_attention or both")
+        if (temporal_context or temporal_embedding) and not temporal_attention:
+            raise ValueError("VideoUNet: temporal_context and temporal_embedding need temporal_attention")
+        if temporal_context and spec.crossattn_dim is None:
+            raise ValueError("VideoUNet: temporal_context needs an image UNet with crossattn_dim")
         self.image_unet = image_unet
         self.spatial_multiple = int(getattr(image_unet, "size_multiple", 1) or 1)
         self.temporal_config = {
             "temporal_head_channels": temporal_head_channels, "temporal_depth": temporal_depth,
             "temporal_conv": temporal_conv, "temporal_attention": temporal_attention,
             "temporal_resolutions": None if temporal_resolutions is None else list(temporal_resolutions),
-            "norm_groups": norm_groups,
+            "norm_groups": norm_groups, "temporal_context": temporal_context,
+            "temporal_embedding": temporal_embedding,
         }
         widths = self._block_widths()
+        context_dim = spec.crossattn_dim if temporal_context else None
+        emb_dim = self._embedding_dim() if temporal_embedding else None
         resolutions = None if temporal_resolutions is None else {int(r) for r in temporal_resolutions}
 
         def make(ch: int, ds: int) -> nn.Module:
@@ -214,7 +293,8 @@ class VideoUNet(Denoiser):
                 return nn.Identity()  # no temporal layer at this resolution
             groups = math.gcd(ch, norm_groups)
             return TemporalLayer(ch, _heads_for(ch, temporal_head_channels), conv=temporal_conv,
-                                 attention=temporal_attention, depth=temporal_depth, norm_groups=groups)
+                                 attention=temporal_attention, depth=temporal_depth, norm_groups=groups,
+                                 context_dim=context_dim, emb_dim=emb_dim)
 
         self.temporal_input = nn.ModuleList([make(*cd) for cd in widths["input"]])
         self.temporal_middle = make(*widths["middle"][0])
@@ -241,6 +321,14 @@ class VideoUNet(Denoiser):
         if any(k.startswith(prefix) for k in state_dict):
             state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
         self.image_unet.load_state_dict(dict(state_dict), strict=strict)
+
+    @torch.no_grad()
+    def _embedding_dim(self) -> int:
+        """Width of the image UNet's timestep embedding (``time_embed``'s output)."""
+        unet: Any = self.image_unet
+        param = next(unet.time_embed.parameters())
+        t = timestep_embedding(torch.zeros(1, device=param.device), unet.model_channels).to(param.dtype)
+        return int(unet.time_embed(t).shape[-1])
 
     @torch.no_grad()
     def _block_widths(self) -> dict[str, list[tuple[int, int]]]:
@@ -271,8 +359,9 @@ class VideoUNet(Denoiser):
     # ------------------------------------------------------------------ forward
 
     @staticmethod
-    def _temporal(layer: nn.Module, h: torch.Tensor, frames: int) -> torch.Tensor:
-        return layer(h, frames) if isinstance(layer, TemporalLayer) else h
+    def _temporal(layer: nn.Module, h: torch.Tensor, frames: int, context: torch.Tensor | None,
+                  emb: torch.Tensor | None) -> torch.Tensor:
+        return layer(h, frames, context, emb) if isinstance(layer, TemporalLayer) else h
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None) -> torch.Tensor:
         """(B, out_channels, T, H, W), (B,), Conditioning -> (B, out_channels, T, H, W)."""
@@ -291,17 +380,21 @@ class VideoUNet(Denoiser):
         if getattr(unet, "label_emb", None) is not None:
             assert cond.vector is not None  # prepare_input checked it
             emb = emb + unet.label_emb(cond.vector.to(dtype))
+        # per-video conditioning of the temporal layers (None when the option is off)
+        t_emb = emb if self.temporal_config["temporal_embedding"] else None
+        t_ctx = cond.crossattn if self.temporal_config["temporal_context"] else None
         emb = emb.repeat_interleave(frames, dim=0)  # (B T, E)
         context = cond.crossattn
         if context is not None:
             context = context.repeat_interleave(frames, dim=0)  # (B T, L, D)
         skips = []
         for block, temporal in zip(unet.input_blocks, self.temporal_input):
-            h = self._temporal(temporal, block(h, emb, context), frames)
+            h = self._temporal(temporal, block(h, emb, context), frames, t_ctx, t_emb)
             skips.append(h)
-        h = self._temporal(self.temporal_middle, unet.middle_block(h, emb, context), frames)
+        h = self._temporal(self.temporal_middle, unet.middle_block(h, emb, context), frames, t_ctx, t_emb)
         for block, temporal in zip(unet.output_blocks, self.temporal_output):
-            h = self._temporal(temporal, block(torch.cat([h, skips.pop()], dim=1), emb, context), frames)
+            h = self._temporal(temporal, block(torch.cat([h, skips.pop()], dim=1), emb, context), frames,
+                               t_ctx, t_emb)
         out = unet.out(h)[..., :height, :width]  # (B T, C, H, W)
         return einops.rearrange(out, "(b t) c h w -> b c t h w", b=b).to(x.dtype)
 
@@ -332,6 +425,8 @@ def video_unet(
     temporal_conv: bool = True,
     temporal_attention: bool = True,
     temporal_resolutions: Sequence[int] | None = None,  # e.g. [2]: temporal layers at f = 2 only
+    temporal_context: bool = False,  # cross-attention to the crossattn context in temporal blocks
+    temporal_embedding: bool = False,  # timestep (+ vector) embedding added to the temporal tokens
 ) -> VideoUNet:
     """Create a :class:`VideoUNet` around a freshly created image denoiser
     (``latentkit.create("denoiser", image_denoiser, layout="CHW", ...)``).
@@ -362,4 +457,5 @@ def video_unet(
         image, temporal_head_channels=temporal_head_channels, temporal_depth=temporal_depth,
         temporal_conv=temporal_conv, temporal_attention=temporal_attention,
         temporal_resolutions=temporal_resolutions, norm_groups=groups,
+        temporal_context=temporal_context, temporal_embedding=temporal_embedding,
     )

@@ -1,5 +1,5 @@
-"""The moving-shapes experiment: train a small text-to-video model on CPU and measure whether
-its shapes move in the prompted direction.
+"""The moving-shapes experiment: train a small text-to-video model and measure whether its
+shapes move in the prompted direction.
 
 Everything is composed from registered parts through :func:`latentkit.create`, and trained by
 latentkit's shared :class:`~latentkit.training.Trainer`: the ``framewise`` autoencoder around
@@ -7,10 +7,22 @@ latentkit's shared :class:`~latentkit.training.Trainer`: the ``framewise`` autoe
 scratch, with caption dropout for classifier-free guidance), the ``video_unet`` denoiser and
 the ``edm`` schedule with EDM preconditioning (Karras et al. 2022). Adherence is measured
 by :func:`latentkit_video.datasets.direction_adherence` (centroid tracking).
+
+:data:`VARIANTS` names sets of overrides (denoiser, schedule, conditioner, training) to
+compare; the command line runs one variant per process and appends one JSON line of results::
+
+    python -m latentkit_video.experiment --device cuda --steps 20000 --time-budget 200 \
+        --variant temporal_context --json results.jsonl --output runs/video_variants
+    python -m latentkit_video.experiment --list-variants
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import signal
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +31,7 @@ from typing import Any
 import attrs
 import latentkit
 import torch
-from latentkit.training import Trainer, TrainingConfig
+from latentkit.training import Trainer, TrainingConfig, WarmupDecay
 
 from latentkit_video.datasets import (
     DIRECTIONS,
@@ -28,7 +40,7 @@ from latentkit_video.datasets import (
     motion_direction,
 )
 
-__all__ = ["MovingShapesResult", "build_model", "evaluate", "run"]
+__all__ = ["VARIANTS", "MovingShapesResult", "build_model", "evaluate", "main", "run", "run_variant"]
 
 #: The data of the experiment: 8 frames of 12x12, a red 3x3 square, 4 directions.
 DATA_CONFIG: dict[str, Any] = {
@@ -52,29 +64,75 @@ class MovingShapesResult:
     samples: int
     train_seconds: float
     sample_seconds: float
-    steps: int
+    steps: int  # optimizer steps done (fewer than asked when the time budget ran out)
     final_loss: float
+    stopped_by_budget: bool = False  # training ended early because time_budget ran out
 
 
 #: EDM training noise levels, ln(sigma) ~ N(p_mean, p_std^2): p_mean is raised from EDM's -1.2
 #: so that more steps see the noise levels where the trajectory is decided.
 SCHEDULE_CONFIG: dict[str, Any] = {"sigma_data": 0.5, "p_mean": -0.4, "p_std": 1.2}
+#: The text conditioner: the tiny open_clip text tower, trained from scratch, 10% caption
+#: dropout (for classifier-free guidance).
+CONDITIONER_CONFIG: dict[str, Any] = {"model_name": "tiny", "outputs": ["crossattn"], "trainable": True,
+                                      "dropout": 0.1}
+
+#: Named experiment variants: overrides of the denoiser, schedule and conditioner configs
+#: above and of :func:`run`'s training options (``batch_size``, ``lr``, ``guidance_scale``).
+#: ``"vector"`` in the conditioner outputs adds the pooled text embedding, which the image
+#: UNet adds to its timestep embedding (``label_emb``, every ResBlock);
+#: ``temporal_context`` / ``temporal_embedding`` feed the text into the temporal layers
+#: (see :mod:`latentkit_video.denoiser`).
+VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
+    # the shipped configuration (34.4% after 800 CPU steps)
+    "shipped": {},
+    # run e of docs/video.md: the pooled text vector in every ResBlock, p_mean 0
+    "pooled_vector": {"conditioner": {"outputs": ["crossattn", "vector"]}, "schedule": {"p_mean": 0.0}},
+    # cross-attention to the text tokens inside the temporal blocks
+    "temporal_context": {"denoiser": {"temporal_context": True}},
+    # the pooled vector in every ResBlock and in the temporal tokens, plus temporal cross-attention
+    "temporal_all": {
+        "conditioner": {"outputs": ["crossattn", "vector"]},
+        "denoiser": {"temporal_context": True, "temporal_embedding": True},
+        "schedule": {"p_mean": 0.0},
+    },
+    # temporal_all at batch 64 and a higher lr (more samples per launch-bound GPU step)
+    "temporal_all_b64": {
+        "conditioner": {"outputs": ["crossattn", "vector"]},
+        "denoiser": {"temporal_context": True, "temporal_embedding": True},
+        "schedule": {"p_mean": 0.0},
+        "training": {"batch_size": 64, "lr": 2e-3},
+    },
+    # temporal_all with temporal layers after every block (both resolutions)
+    "temporal_all_everywhere": {
+        "conditioner": {"outputs": ["crossattn", "vector"]},
+        "denoiser": {"temporal_context": True, "temporal_embedding": True, "temporal_resolutions": None},
+        "schedule": {"p_mean": 0.0},
+    },
+    # the shipped model at batch 64 (is it only a matter of more data per step?)
+    "shipped_b64": {"training": {"batch_size": 64, "lr": 2e-3}},
+}
+_VARIANT_SECTIONS = ("denoiser", "schedule", "conditioner", "training")
+_TRAINING_KEYS = ("batch_size", "lr", "guidance_scale")
 
 
 def build_model(
     seed: int = 0,
     denoiser_overrides: dict[str, Any] | None = None,
     schedule_overrides: dict[str, Any] | None = None,
+    conditioner_overrides: dict[str, Any] | None = None,
 ) -> latentkit.LatentDiffusion:
-    """The pixel-space text-to-video model, composed from registered components."""
+    """The pixel-space text-to-video model, composed from registered components. When the
+    conditioner also outputs ``vector`` (the pooled text embedding), the denoiser takes it."""
     torch.manual_seed(seed)
     autoencoder = latentkit.create("autoencoder", "framewise", image_autoencoder="identity",
                                    image_config={"channels": 3})
-    conditioner = latentkit.create("conditioner", "openclip_text", model_name="tiny",
-                                   outputs=["crossattn"], trainable=True, dropout=0.1)
+    conditioner = latentkit.create("conditioner", "openclip_text",
+                                   **{**CONDITIONER_CONFIG, **(conditioner_overrides or {})})
+    spec = conditioner.output_spec
     denoiser = latentkit.create(
         "denoiser", "video_unet", in_channels=3, out_channels=3,
-        crossattn_dim=conditioner.output_spec.crossattn_dim,
+        crossattn_dim=spec.crossattn_dim, vector_dim=spec.vector_dim,
         **{**DENOISER_CONFIG, **(denoiser_overrides or {})},
     )
     schedule = latentkit.create("schedule", "edm", **{**SCHEDULE_CONFIG, **(schedule_overrides or {})})
@@ -114,6 +172,43 @@ def evaluate(
     return direction_adherence(videos, wanted), per, videos, prompts
 
 
+class _BudgetTrainer(Trainer):
+    """The shared trainer with a wall-clock budget: once ``time_budget`` seconds of training
+    have passed it ends the run at the current step (by lowering ``config.max_steps``, so
+    :meth:`Trainer.fit` saves the final checkpoint and fires ``train_end`` as usual).
+
+    The learning-rate schedule is stretched to the time: from step 10 on, every 10 steps,
+    the decay horizon of each scheduler's :class:`~latentkit.training.WarmupDecay` is set
+    to the number of steps projected to fit in the budget (at most ``max_steps``), so the
+    cosine decay ends when the time does rather than at a step count never reached.
+    """
+
+    def __init__(self, *args: Any, time_budget: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.time_budget = float(time_budget)
+        self.stopped_by_budget = False
+        self._budget_start: float | None = None
+        self._step_cap = self.config.max_steps
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step, then the budget check (see the class doc)."""
+        if self._budget_start is None:
+            self._budget_start = time.perf_counter()
+        metrics = super().train_step()
+        elapsed = time.perf_counter() - self._budget_start
+        if elapsed >= self.time_budget and self.step < self.config.max_steps:
+            self.config.max_steps = self.step  # fit() ends after this step
+            self.stopped_by_budget = True
+        elif self.step >= 10 and self.step % 10 == 0:
+            projected = int(self.step * self.time_budget / max(elapsed, 1e-9))
+            horizon = max(self.step + 1, min(self._step_cap, projected))
+            for group in self.groups:
+                for fn in group.scheduler.lr_lambdas:
+                    if isinstance(fn, WarmupDecay):
+                        fn.max_steps = horizon
+        return metrics
+
+
 def run(
     steps: int = 800,
     *,
@@ -127,21 +222,35 @@ def run(
     denoiser_overrides: dict[str, Any] | None = None,
     schedule_overrides: dict[str, Any] | None = None,
     guidance_scale: float = 3.0,
+    conditioner_overrides: dict[str, Any] | None = None,
+    device: str = "cpu",
+    time_budget: float | None = None,
 ) -> MovingShapesResult:
-    """Train on ``moving_shapes`` for ``steps`` steps with the shared trainer, then sample and
-    measure direction adherence (writing a GIF and a filmstrip of the samples)."""
+    """Train on ``moving_shapes`` for ``steps`` steps with the shared trainer on ``device``,
+    then sample and measure direction adherence (writing a GIF and a filmstrip of the samples).
+
+    With ``time_budget`` (seconds of training, not counting model construction and the
+    evaluation) training stops at the first step that ends past the budget, the cosine decay
+    is fitted to the steps that fit in it (see :class:`_BudgetTrainer`), and the model is
+    evaluated as usual; ``steps`` is then an upper bound.
+    """
     output_dir = Path(output_dir)
-    model = build_model(seed, denoiser_overrides, schedule_overrides)
+    model = build_model(seed, denoiser_overrides, schedule_overrides, conditioner_overrides)
     dataset = MovingShapesDataset(**DATA_CONFIG)
     config = TrainingConfig(
         output_dir=str(output_dir), max_steps=steps, batch_size=batch_size, lr=lr,
         warmup_steps=min(100, steps // 10), lr_decay="cosine", min_lr_ratio=0.05,
         ema_decay=None, checkpoint_every=steps, keep_last=1, resume=False, seed=seed,
-        log_every=50, progress=progress, device="cpu",
+        log_every=50, progress=progress, device=device,
+        # the Conv3d weights of the temporal layers have no channels_last form
+        channels_last=False,
     )
-    trainer = Trainer(model, dataset, config)
+    trainer = (_BudgetTrainer(model, dataset, config, time_budget=time_budget)
+               if time_budget is not None else Trainer(model, dataset, config))
     start = time.perf_counter()
     metrics = trainer.fit()
+    if trainer.device.type == "cuda":
+        torch.cuda.synchronize(trainer.device)
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
     adherence, per, videos, prompts = evaluate(model, per_direction=per_direction,
@@ -157,5 +266,105 @@ def run(
         (output_dir / "samples.tsv").write_text("prompt\tdetected\n" + "\n".join(lines) + "\n")
     return MovingShapesResult(
         adherence=adherence, per_direction=per, samples=len(prompts), train_seconds=train_seconds,
-        sample_seconds=sample_seconds, steps=steps, final_loss=float(metrics.get("loss", float("nan"))),
+        sample_seconds=sample_seconds, steps=trainer.step,
+        final_loss=float(metrics.get("loss", float("nan"))),
+        stopped_by_budget=bool(getattr(trainer, "stopped_by_budget", False)),
     )
+
+
+def run_variant(name: str, **options: Any) -> tuple[MovingShapesResult, dict[str, Any]]:
+    """:func:`run` with the overrides of ``VARIANTS[name]`` merged under ``options`` (given
+    options win). Returns the result and the keyword arguments :func:`run` got."""
+    if name not in VARIANTS:
+        raise KeyError(f"unknown variant {name!r}; known: {sorted(VARIANTS)}")
+    variant = VARIANTS[name]
+    unknown = sorted(set(variant) - set(_VARIANT_SECTIONS))
+    bad_training = sorted(set(variant.get("training", {})) - set(_TRAINING_KEYS))
+    if unknown or bad_training:
+        raise ValueError(f"variant {name!r}: unknown sections {unknown} or training keys {bad_training}")
+    kwargs: dict[str, Any] = {
+        "denoiser_overrides": dict(variant.get("denoiser", {})),
+        "schedule_overrides": dict(variant.get("schedule", {})),
+        "conditioner_overrides": dict(variant.get("conditioner", {})),
+        **variant.get("training", {}),
+    }
+    kwargs.update(options)
+    return run(**kwargs), kwargs
+
+
+def _append_json_line(path: str | Path, record: dict[str, Any]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: run one variant and append its results as one JSON line."""
+    parser = argparse.ArgumentParser(prog="python -m latentkit_video.experiment", description=main.__doc__)
+    parser.add_argument("--variant", default="shipped", help="a name of VARIANTS (see --list-variants)")
+    parser.add_argument("--list-variants", action="store_true", help="print the variants as JSON and exit")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:0")
+    parser.add_argument("--steps", type=int, default=800, help="training steps (an upper bound with --time-budget)")
+    parser.add_argument("--time-budget", type=float, default=None,
+                        help="seconds of training; then stop early and evaluate")
+    parser.add_argument("--batch-size", type=int, default=None, help="override the variant's batch size")
+    parser.add_argument("--lr", type=float, default=None, help="override the variant's learning rate")
+    parser.add_argument("--per-direction", type=int, default=8, help="evaluation samples per direction")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None, help="append the result as one JSON line to this file")
+    parser.add_argument("--output", default="runs/video_variants",
+                        help="directory; the run writes to OUTPUT/VARIANT")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--no-samples", action="store_true", help="write no GIF / filmstrip / TSV")
+    parser.add_argument("--progress", action="store_true", help="show the progress bar")
+    args = parser.parse_args(argv)
+    if args.list_variants:
+        for name, variant in VARIANTS.items():
+            print(json.dumps({"variant": name, **variant}))
+        return 0
+    if args.variant not in VARIANTS:
+        parser.error(f"unknown variant {args.variant!r}; known: {', '.join(VARIANTS)}")
+    torch.set_num_threads(args.threads)
+
+    def _terminated(signum: int, _frame: Any) -> None:  # `timeout` / kill: still write the error line
+        raise SystemExit(f"terminated by signal {signum}")
+
+    signal.signal(signal.SIGTERM, _terminated)
+    options: dict[str, Any] = {
+        "steps": args.steps, "device": args.device, "time_budget": args.time_budget,
+        "per_direction": args.per_direction, "seed": args.seed, "progress": args.progress,
+        "write_samples": not args.no_samples, "output_dir": Path(args.output) / args.variant,
+    }
+    if args.batch_size is not None:
+        options["batch_size"] = args.batch_size
+    if args.lr is not None:
+        options["lr"] = args.lr
+    record: dict[str, Any] = {"variant": args.variant, "device": args.device, "max_steps": args.steps,
+                              "time_budget": args.time_budget, "seed": args.seed}
+    started = time.perf_counter()
+    try:
+        result, kwargs = run_variant(args.variant, **options)
+    except BaseException as exc:  # a crash (or a kill by Ctrl-C) still leaves a line
+        if args.json:
+            _append_json_line(args.json, {**record, "error": f"{type(exc).__name__}: {exc}",
+                                          "total_seconds": time.perf_counter() - started})
+        raise
+    record.update(
+        adherence=result.adherence, per_direction=result.per_direction, steps=result.steps,
+        stopped_by_budget=result.stopped_by_budget, train_seconds=result.train_seconds,
+        sample_seconds=result.sample_seconds, total_seconds=time.perf_counter() - started,
+        final_loss=result.final_loss, samples=result.samples,
+        batch_size=kwargs.get("batch_size", 16), lr=kwargs.get("lr", 1e-3),
+        overrides=VARIANTS[args.variant],
+    )
+    print(json.dumps(record), flush=True)
+    if args.json:
+        _append_json_line(args.json, record)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,10 +7,18 @@ Everything goes through latentkit's public API: components by name
 :class:`latentkit.training.Trainer`. Pixel space (the ``identity`` autoencoder on 16^3
 grids) keeps it to minutes on a CPU; the same code runs a latent model by naming another
 autoencoder.
+
+On the command line, ``python -m latentkit_volume.demo --device cuda --variant NAME
+--time-budget SECONDS --json PATH`` trains one of :data:`VARIANTS` within a time budget and
+appends its result as one JSON line (:func:`main`).
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import json
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,11 +38,14 @@ from latentkit_volume.mesh import (
 from latentkit_volume.primitives import PRIMITIVES, classify_volume, shape_features
 
 __all__ = [
+    "VARIANTS",
     "PrimitivesResult",
     "SampleReport",
     "build_primitives_model",
     "evaluate_volumes",
     "export_volumes",
+    "main",
+    "result_record",
     "sample_primitives",
     "train_primitives",
 ]
@@ -67,6 +78,7 @@ class PrimitivesResult:
     final_loss: float
     data_accuracy: float  # the classifier's accuracy on training data (its own sanity check)
     model: Any = attrs.field(default=None, repr=False)  # the trained model (EMA weights)
+    extra: dict[float, list[SampleReport]] = attrs.field(factory=dict, repr=False)  # guidance -> reports
 
     @property
     def success_rate(self) -> float:
@@ -202,6 +214,71 @@ def export_volumes(volumes: torch.Tensor, names: Sequence[str], out_dir: str | P
     return paths
 
 
+class _CachedDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """Every item of a deterministic dataset computed once and kept in memory (the same items,
+    so the same training run, without recomputing an SDF per item and step)."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.items = [dataset[i] for i in range(len(dataset))]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.items[index]
+
+
+def _schedules(trainer: Any) -> list[Any]:
+    """The trainer's :class:`~latentkit.training.WarmupDecay` multipliers (one per optimizer)."""
+    return [fn for group in trainer.groups for fn in group.scheduler.lr_lambdas if hasattr(fn, "max_steps")]
+
+
+def _fit_within(trainer: Any, max_steps: int, deadline: float | None, *, checkpoint: bool,
+                report_every: float | None = None, tag: str = "") -> dict[str, float]:
+    """The shared trainer's loop (:meth:`Trainer.fit`, lifecycle hooks included: EMA, CSV,
+    progress) that also stops at ``deadline`` (a ``time.perf_counter()`` value).
+
+    With a deadline the lr schedule is re-planned as it goes: every 25 steps the steps still
+    affordable are estimated from the measured step time (since step 10, past CUDA start-up)
+    and the decay's end is moved to that step (never past ``max_steps``), so a run cut short by
+    time still ends its cosine decay instead of stopping at the peak lr."""
+    metrics: dict[str, float] = {}
+    schedules = _schedules(trainer)
+    t_start = time.perf_counter()
+    last_report = t_start
+    t_ref: float | None = None
+    try:
+        trainer.hook.latentkit_train_start(trainer=trainer)
+        while trainer.step < max_steps:
+            if deadline is not None and time.perf_counter() >= deadline:
+                break
+            metrics = trainer.train_step()
+            trainer.hook.latentkit_train_step_end(trainer=trainer, step=trainer.step, metrics=metrics)
+            now = time.perf_counter()
+            if deadline is not None:
+                if trainer.step == 10:
+                    t_ref = now
+                elif t_ref is not None and trainer.step % 25 == 0:
+                    per_step = (now - t_ref) / (trainer.step - 10)
+                    affordable = trainer.step + int(0.97 * max(0.0, deadline - now) / max(per_step, 1e-9))
+                    planned = max(trainer.step + 1, min(max_steps, affordable))
+                    for fn in schedules:
+                        fn.max_steps = planned
+            if report_every is not None and now - last_report >= report_every:
+                last_report = now
+                print(f"{tag}step {trainer.step} loss {metrics.get('loss', float('nan')):.4f} "
+                      f"lr {metrics.get('lr', float('nan')):.2e} {now - t_start:.0f} s", flush=True)
+        if checkpoint and trainer.step > 0:
+            trainer.save_checkpoint()
+        trainer.hook.latentkit_train_end(trainer=trainer, step=trainer.step)
+    finally:
+        while trainer._cleanups:
+            fn = trainer._cleanups.pop()
+            with contextlib.suppress(Exception):  # closing loggers must not hide the result
+                fn()
+    return metrics
+
+
 def train_primitives(
     output_dir: str | Path,
     *,
@@ -217,12 +294,23 @@ def train_primitives(
     denoiser: str = "volume_dit",
     denoiser_config: dict[str, Any] | None = None,
     conditioning: str = "class",
+    cond_dropout: float = 0.1,
+    ema_decay: float | None = 0.999,
+    warmup_steps: int | None = None,
     per_shape: int = 8,
     sample_steps: int = 24,
+    sampler: str = "heun",
     guidance_scale: float = 1.0,
+    extra_guidance: Sequence[float] = (),
     seed: int = 0,
     progress: bool = True,
     export: bool = True,
+    device: str = "cpu",
+    time_budget: float | None = None,
+    checkpoint: bool = True,
+    cache_data: bool = True,
+    report_every: float | None = None,
+    log_prefix: str = "",
 ) -> PrimitivesResult:
     """Train on ``volume_primitives`` with the shared trainer, sample ``per_shape`` volumes of
     every primitive, mesh and check them (and write the meshes and previews to
@@ -230,30 +318,63 @@ def train_primitives(
 
     The defaults are the measured recipe (docs/volume.md): axis-aligned primitives
     (``rotate=False``) of random size in ``size_range`` and random offset on 16^3 TSDF grids,
-    2000 steps of batch 16, sampling without guidance."""
+    2000 steps of batch 16, 100 warm-up steps (``warmup_steps=None``: ``min(100, steps // 10)``),
+    EMA 0.999, sampling without guidance, on the CPU.
+
+    ``device`` is the trainer's device (``"cpu"``, ``"cuda"``, ``"auto"``). ``time_budget``
+    (seconds of wall clock from this call, setup included) stops training early when it runs
+    out, after re-planning the cosine decay to end where the time does (see
+    :func:`_fit_within`); sampling and evaluation then run as usual, so leave them some time
+    outside the budget. ``checkpoint`` writes the final checkpoint; ``cache_data`` computes the
+    dataset's items once (the same items). ``extra_guidance`` evaluates the same weights at
+    further guidance scales (:attr:`PrimitivesResult.extra`). ``report_every`` prints a line
+    every that many seconds (prefixed by ``log_prefix``) while training under a budget or without
+    a checkpoint."""
     from latentkit.training import Trainer, TrainingConfig
 
+    t_call = time.perf_counter()
+    deadline = None if time_budget is None else t_call + float(time_budget)
     torch.manual_seed(seed)
     dataset = latentkit.create("dataset", "volume_primitives", resolution=resolution,
                                length=dataset_length, seed=seed, shapes=list(shapes), rotate=rotate,
                                truncation=truncation, size_range=list(size_range))
+    if cache_data:
+        dataset = _CachedDataset(dataset)
     model = build_primitives_model(shapes=shapes, resolution=resolution, denoiser=denoiser,
-                                   denoiser_config=denoiser_config, conditioning=conditioning)
+                                   denoiser_config=denoiser_config, conditioning=conditioning,
+                                   cond_dropout=cond_dropout)
+    warmup = min(100, steps // 10) if warmup_steps is None else int(warmup_steps)
     config = TrainingConfig(output_dir=str(output_dir), max_steps=steps, batch_size=batch_size, lr=lr,
-                            warmup_steps=min(100, steps // 10), lr_decay="cosine", min_lr_ratio=0.1,
-                            ema_decay=0.999, checkpoint_every=steps, seed=seed, progress=progress,
-                            log_every=max(1, steps // 20), device="cpu", resume=False)
+                            warmup_steps=warmup, lr_decay="cosine", min_lr_ratio=0.1,
+                            ema_decay=ema_decay, checkpoint_every=steps, seed=seed, progress=progress,
+                            log_every=max(1, steps // 20), device=device, resume=False,
+                            # the trainer's CUDA default (channels_last) is a 4-D format: 5-D
+                            # Conv3d weights refuse it, so volumes keep the default layout
+                            channels_last=False)
     trainer = Trainer(model, dataset, config)
     t0 = time.perf_counter()
-    metrics = trainer.fit()
+    if deadline is None and checkpoint:
+        metrics = trainer.fit()
+    else:
+        metrics = _fit_within(trainer, steps, deadline, checkpoint=checkpoint,
+                             report_every=report_every, tag=log_prefix)
+    if device != "cpu" and torch.cuda.is_available():
+        torch.cuda.synchronize()
     train_seconds = time.perf_counter() - t0
     if trainer.ema is not None:  # sample with the averaged weights
         model.load_state_dict(trainer.ema.state_dict(model))
     t0 = time.perf_counter()
     volumes, prompts = sample_primitives(model, shapes=shapes, per_shape=per_shape, steps=sample_steps,
-                                         guidance_scale=guidance_scale)
+                                         sampler=sampler, guidance_scale=guidance_scale)
     sample_seconds = time.perf_counter() - t0
     reports = evaluate_volumes(volumes, prompts)
+    extra: dict[float, list[SampleReport]] = {}
+    for scale in extra_guidance:
+        if float(scale) == float(guidance_scale):
+            continue
+        more, more_prompts = sample_primitives(model, shapes=shapes, per_shape=per_shape, steps=sample_steps,
+                                               sampler=sampler, guidance_scale=float(scale))
+        extra[float(scale)] = evaluate_volumes(more, more_prompts)
     check = [dataset[i] for i in range(min(len(dataset), 64))]
     data_accuracy = sum(classify_volume(it["volume"].numpy()) == it["shape"] for it in check) / len(check)
     if export:
@@ -261,5 +382,162 @@ def train_primitives(
         labels = [f"{p} -> {r.predicted}{'' if r.watertight else ' (open)'}" for p, r in zip(prompts, reports)]
         export_volumes(volumes, names, Path(output_dir) / "samples", labels=labels)
     return PrimitivesResult(reports=reports, train_seconds=train_seconds, sample_seconds=sample_seconds,
-                            steps=steps, final_loss=float(metrics.get("loss", float("nan"))),
-                            data_accuracy=data_accuracy, model=model)
+                            steps=trainer.step, final_loss=float(metrics.get("loss", float("nan"))),
+                            data_accuracy=data_accuracy, model=model, extra=extra)
+
+
+# --------------------------------------------------------------------------- GPU sweeps
+
+#: Named overrides of :func:`train_primitives` for ``python -m latentkit_volume.demo``. The
+#: GPU variants raise ``steps`` (a cap: ``--time-budget`` decides) and sample 16 per shape.
+VARIANTS: dict[str, dict[str, Any]] = {
+    # the shipped CPU recipe, unchanged (2000 steps of batch 16)
+    "default": {},
+    # the same model and batch, trained as long as the budget allows
+    "default_long": dict(steps=20000),
+    # larger batch (4x the items per step), same model
+    "dit_b64": dict(steps=20000, batch_size=64),
+    # DiT on 2^3 patches (512 tokens): each token predicts 8 voxels instead of 64
+    "dit_p2": dict(steps=20000, batch_size=32, denoiser_config={"preset": "small", "patch_size": 2}),
+    # a wider and deeper DiT, 4^3 patches
+    "dit_base": dict(steps=20000, batch_size=64, lr=5e-4, denoiser_config={"preset": "base"}),
+    # 3-D UNet with CoordConv (smooth fields by construction)
+    "unet": dict(steps=20000, batch_size=32, lr=5e-4, denoiser="volume_unet",
+                 denoiser_config={"preset": "small"}),
+    # captions ("a small/large sphere") through a tiny trained text tower, as in the issue
+    "text_dit_b64": dict(steps=20000, batch_size=64, conditioning="text"),
+    "text_dit_p2": dict(steps=20000, batch_size=32, conditioning="text",
+                        denoiser_config={"preset": "small", "patch_size": 2}),
+    "text_unet": dict(steps=20000, batch_size=32, lr=5e-4, conditioning="text", denoiser="volume_unet",
+                      denoiser_config={"preset": "small"}),
+    # optimisation and sampling knobs on dit_b64
+    # without EMA (with its warm-up, the 0.999 cap binds only after ~31,600 steps; at step n
+    # the decay is 1 - (1 + n)^(-2/3): 0.994 at 2000, 0.997 at 5000)
+    "dit_b64_noema": dict(steps=20000, batch_size=64, ema_decay=None),
+    "dit_b64_lr3e-4": dict(steps=20000, batch_size=64, lr=3e-4),
+    "dit_b64_s64_g2": dict(steps=20000, batch_size=64, sample_steps=64, guidance_scale=2.0),
+}
+
+
+def _shape_rates(reports: Sequence[SampleReport]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for shape in dict.fromkeys(r.prompt for r in reports):
+        rs = [r for r in reports if r.prompt == shape]
+        out[shape] = sum(r.success for r in rs) / len(rs)
+    return out
+
+
+def result_record(variant: str, overrides: dict[str, Any], result: PrimitivesResult, **extra: Any) -> dict[str, Any]:
+    """The JSON record of one finished variant (see the module's command line)."""
+    reports = result.reports
+    record: dict[str, Any] = {
+        "variant": variant,
+        "success_rate": result.success_rate,
+        "per_shape": result.per_shape(),
+        "watertight_rate": result.watertight_rate,
+        "shape_accuracy": result.shape_accuracy,
+        "samples": len(reports),
+        "predicted": {s: [r.predicted for r in reports if r.prompt == s] for s in result.per_shape()},
+        "steps": result.steps,
+        "train_seconds": round(result.train_seconds, 2),
+        "sample_seconds": round(result.sample_seconds, 2),
+        "final_loss": result.final_loss,
+        "data_accuracy": result.data_accuracy,
+        "extra_guidance": {
+            f"{scale:g}": {"success_rate": sum(r.success for r in rs) / max(len(rs), 1),
+                           "per_shape": _shape_rates(rs)}
+            for scale, rs in result.extra.items()
+        },
+        "overrides": overrides,
+    }
+    record.update(extra)
+    return record
+
+
+def _append_json(path: str | Path, record: dict[str, Any]) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with p.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record, sort_keys=False, default=str) + "\n")
+        f.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m latentkit_volume.demo``: train one named variant (:data:`VARIANTS`), sample,
+    check, and append one JSON line with the result to ``--json``.
+
+    ``--time-budget S`` bounds the whole process (from the start of ``main``): training gets
+    ``S - --eval-reserve`` minus the time already spent, then sampling, evaluation and export
+    run (about ``--eval-reserve`` seconds). ``--steps`` overrides the variant's step cap."""
+    parser = argparse.ArgumentParser(prog="python -m latentkit_volume.demo",
+                                     description="Train one primitives variant and append its result as JSON.")
+    parser.add_argument("--variant", default="default", help="a name from --list-variants")
+    parser.add_argument("--list-variants", action="store_true", help="print the variants and exit")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0 or auto")
+    parser.add_argument("--steps", type=int, default=None, help="step cap (default: the variant's)")
+    parser.add_argument("--time-budget", type=float, default=None,
+                        help="seconds for the whole process; training stops early to fit")
+    parser.add_argument("--eval-reserve", type=float, default=25.0,
+                        help="seconds of --time-budget kept for sampling and evaluation")
+    parser.add_argument("--per-shape", type=int, default=None, help="samples per primitive (default 16)")
+    parser.add_argument("--extra-guidance", default="",
+                        help="comma-separated guidance scales also evaluated, e.g. 2,3")
+    parser.add_argument("--json", default=None, help="append the result line here")
+    parser.add_argument("--output", default=None, help="run directory (default runs/primitives_<variant>)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--checkpoint", action="store_true", help="write the final checkpoint")
+    parser.add_argument("--no-export", action="store_true", help="do not write meshes and previews")
+    parser.add_argument("--report-every", type=float, default=20.0, help="seconds between progress lines")
+    args = parser.parse_args(argv)
+    t_main = time.perf_counter()
+    if args.list_variants:
+        for name, overrides in VARIANTS.items():
+            print(f"{name}: {json.dumps(overrides)}")
+        return 0
+    if args.variant not in VARIANTS:
+        parser.error(f"unknown variant {args.variant!r}; known: {', '.join(VARIANTS)}")
+    torch.set_num_threads(max(1, args.threads))
+    overrides = dict(VARIANTS[args.variant])
+    if args.steps is not None:
+        overrides["steps"] = args.steps
+    kwargs: dict[str, Any] = {"per_shape": 16, **overrides}
+    if args.per_shape is not None:
+        kwargs["per_shape"] = args.per_shape
+    extra_guidance = [float(g) for g in args.extra_guidance.split(",") if g.strip()]
+    output = args.output or f"runs/primitives_{args.variant}"
+    budget = None
+    if args.time_budget is not None:
+        budget = max(1.0, args.time_budget - args.eval_reserve - (time.perf_counter() - t_main))
+    tag = f"[{args.variant}] "
+    print(f"{tag}device {args.device}, budget {budget if budget is None else round(budget)} s for "
+          f"training, overrides {json.dumps(overrides)}", flush=True)
+    info = {"device": args.device, "seed": args.seed, "time_budget": args.time_budget}
+    if args.device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    try:
+        result = train_primitives(output, device=args.device, time_budget=budget, seed=args.seed,
+                                  progress=False, export=not args.no_export, checkpoint=args.checkpoint,
+                                  extra_guidance=extra_guidance, report_every=args.report_every,
+                                  log_prefix=tag, **kwargs)
+    except Exception as exc:  # the line says what went wrong; the exit status too
+        if args.json:
+            _append_json(args.json, {"variant": args.variant, "error": f"{type(exc).__name__}: {exc}",
+                                     "overrides": overrides, "wall_seconds": round(time.perf_counter() - t_main, 2),
+                                     **info})
+        raise
+    cap = int(kwargs.get("steps", 2000))
+    record = result_record(args.variant, overrides, result, step_cap=cap,
+                           stopped_by_budget=result.steps < cap,
+                           steps_per_second=round(result.steps / max(result.train_seconds, 1e-9), 2),
+                           wall_seconds=round(time.perf_counter() - t_main, 2), **info)
+    if args.json:
+        _append_json(args.json, record)
+    print(tag + result.summary().replace("\n", "\n" + tag), flush=True)
+    print(tag + json.dumps({k: record[k] for k in ("success_rate", "per_shape", "steps", "train_seconds")}),
+          flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -183,6 +183,26 @@ def test_frozen_by_default_and_trainable_gets_gradients() -> None:
         assert grad is not None and grad.abs().sum() > 0, name
 
 
+@pytest.mark.parametrize(("outputs", "layer", "final_norm"), [
+    ("crossattn", "last", True), ("crossattn", "penultimate", False), ("both", "penultimate", True),
+])
+def test_every_trainable_parameter_gets_a_gradient(outputs: str, layer: str, final_norm: bool) -> None:
+    """What the outputs never reach (the pooled projection without "vector", the blocks after
+    ``layer``, ``ln_final`` without ``final_norm``) is frozen: DDP refuses trainable
+    parameters without a gradient."""
+    cond = tiny(trainable=True, outputs=outputs, layer=layer, final_norm=final_norm)
+    assert cond.trainable
+    o = cond({"caption": ["a cat", "a dog"]})
+    sum(t.square().mean() for t in (o.crossattn, o.vector) if t is not None).backward()
+    trainable = {n: p for n, p in cond.named_parameters() if p.requires_grad}
+    assert trainable and all(p.grad is not None for p in trainable.values()), \
+        [n for n, p in trainable.items() if p.grad is None]
+    frozen = {n for n, p in cond.named_parameters() if not p.requires_grad}
+    assert ("text.text_projection" in frozen) == (outputs == "crossattn")
+    cond.set_trainable(False)
+    assert not any(p.requires_grad for p in cond.parameters())
+
+
 def test_gradient_checkpointing_gives_the_same_outputs_and_gradients() -> None:
     plain = tiny(trainable=True, outputs="both")
     ckpt = tiny(trainable=True, outputs="both", grad_checkpointing=True)

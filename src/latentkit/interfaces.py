@@ -312,11 +312,15 @@ class Denoiser(nn.Module, abc.ABC):
             vector_dim=vector_dim,
         )
 
+    @torch.compiler.disable
     def prepare_input(
         self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning | None
     ) -> tuple[torch.Tensor, torch.Tensor, Conditioning]:
         """Validate ``x``, ``t`` and ``cond`` against the declared spec, broadcast ``t`` to
-        (B,), and concatenate ``cond.concat`` to ``x``. Returns ``(x_in, t, cond)``."""
+        (B,), and concatenate ``cond.concat`` to ``x``. Returns ``(x_in, t, cond)``.
+
+        It runs eagerly under ``torch.compile`` (Python checks that build spec objects are no
+        work for the compiler); the network after it compiles."""
         owner = f"{type(self).__name__}.forward"
         check_tensor(x, name="x", owner=owner, channels=self.out_channels, layouts=self.layouts,
                      size_multiple=self.size_multiple)

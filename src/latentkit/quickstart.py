@@ -3,10 +3,12 @@ laptop CPU in a few minutes.
 
 The two stages of Rombach et al. (2022) on the synthetic ``shapes`` data:
 
-1. a small KL-regularised autoencoder (f = 4: 32x32x3 images <-> 8x8x4 latents), whose
+1. a small KL-regularised autoencoder (f = 4: 32x32x3 images <-> 8x8x8 latents), whose
    latents are then normalised to unit variance (``scaling_factor``, Sec. 4.3.2);
-2. a small text-conditioned UNet in that latent space, with cross-attention to a tiny
-   open_clip text tower (the real CLIP BPE tokenizer, trained from scratch with the UNet) and
+2. a small text-conditioned UNet in that latent space, with cross-attention to the tokens of a
+   tiny open_clip text tower (the real CLIP BPE tokenizer, a 2-layer transformer of width 64
+   trained from scratch with the UNet) and its pooled prompt embedding added to the timestep
+   embedding (the SDXL-style global vector: colour and shape are global attributes), and
    10% prompt dropout for classifier-free guidance (Ho & Salimans 2022), trained from cached
    latents.
 
@@ -72,17 +74,20 @@ class QuickstartSettings:
     ae_channels: int = 16  # width of the first encoder level
     latent_channels: int = 8  # 8x8x8 latents: sharp enough edges for the shape checker
     # stage 2: latent diffusion
-    ldm_steps: int = 1000
+    ldm_steps: int = 2000
     ldm_batch_size: int = 32
     ldm_lr: float = 1e-3
     model_channels: int = 48  # UNet width
     context_length: int = 16  # text tokens (the captions have about 10)
+    text_width: int = 64  # width of the tiny text transformer (2 layers)
+    text_heads: int = 4
     ema_decay: float = 0.995
+    partial_captions: float = 0.5  # share of stage-2 captions that leave one attribute out
     # sampling
     samples_per_prompt: int = 4
     sampler: str = "dpmpp_2m"
     sample_steps: int = 20
-    guidance: float = 4.0  # classifier-free guidance scale
+    guidance: float = 2.5  # classifier-free guidance scale
 
     def fingerprint(self) -> str:
         """Short hash of every setting (a rerun in the same directory must match it)."""
@@ -92,7 +97,7 @@ class QuickstartSettings:
 #: ``--fast``: the same pipeline at toy size (tens of seconds); adherence is not meaningful.
 FAST_SETTINGS = QuickstartSettings(
     dataset_length=256, ae_steps=12, ae_batch_size=8, ae_channels=8, ldm_steps=16,
-    ldm_batch_size=8, model_channels=16, samples_per_prompt=1, sample_steps=4,
+    ldm_batch_size=8, model_channels=16, text_width=32, text_heads=2, samples_per_prompt=1, sample_steps=4,
 )
 
 
@@ -166,8 +171,8 @@ def diffusion_config(
 [conditioner]
 name = "openclip_text"
 model_name = "tiny"           # open_clip tokenizer + a tiny text transformer, trained here
-text_cfg = {{ context_length = {s.context_length} }}   # the captions are ~10 tokens long
-outputs = ["crossattn"]
+text_cfg = {{ context_length = {s.context_length}, width = {s.text_width}, heads = {s.text_heads} }}   # captions are ~10 tokens
+outputs = ["crossattn", "vector"]   # tokens to cross-attention, the pooled prompt to the timestep embedding
 trainable = true
 dropout = 0.1                 # null prompt 10% of the time: classifier-free guidance
 
@@ -195,6 +200,7 @@ size = {s.image_size}
 length = {s.dataset_length}
 seed = {s.seed}
 exclude = {_toml(list(s.held_out))}
+partial_captions = {s.partial_captions}   # "a red circle", "a circle at the top left", ...: each word alone
 cache_latents = true
 cache_flip = false            # a mirrored "top left" shape would contradict its caption
 cache_dir = {_toml(str(Path(output_dir) / "latent_cache"))}
@@ -337,7 +343,8 @@ def run_quickstart(
         originals = torch.stack([held[i]["image"] for i in range(len(held))])
         recon = reconstruction_metrics(autoencoder, originals)
         with torch.no_grad():  # the checker on reconstructions: a ceiling for stage 2
-            rebuilt = autoencoder.decode(autoencoder.encode(originals).mode()).clamp(-1, 1)
+            device = next(autoencoder.parameters()).device  # the trainer's: CUDA when there is one
+            rebuilt = autoencoder.decode(autoencoder.encode(originals.to(device)).mode()).clamp(-1, 1).cpu()
         recon_check = prompt_adherence(rebuilt, [held[i]["caption"] for i in range(len(held))])
     echo(f"      reconstruction: {recon.summary()}; latent std {stats.std:.3f} "
          f"(scaling_factor {stats.scaling_factor:.3f})")
@@ -361,7 +368,7 @@ def run_quickstart(
             samples = model.sample(
                 {"caption": prompts}, sampler=s.sampler, steps=s.sample_steps,
                 guidance_scale=s.guidance, seed=s.seed,
-            ).clamp(-1, 1)
+            ).clamp(-1, 1).float().cpu()
         report = prompt_adherence(samples, prompts)
         captions = [f"{v.prompt} [{'ok' if v.adheres else 'miss'}]" for v in report.verdicts]
         grid = save_image_grid(samples, out / "samples.png", captions=captions,

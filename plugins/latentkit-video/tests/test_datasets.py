@@ -15,6 +15,7 @@ from latentkit_video.datasets import (
     MovingShapesDataset,
     VideoFolderDataset,
     direction_adherence,
+    motion_coherence,
     motion_direction,
     track_centroids,
 )
@@ -61,6 +62,29 @@ def test_checker_on_hand_made_clips() -> None:
     assert motion_direction(static)["direction"] is None  # does not move
     assert motion_direction(-torch.ones(3, 5, 10, 10))["direction"] is None  # nothing to track
     assert direction_adherence(torch.stack([clip, static]), ["left", "left"]) == 0.5
+
+
+def test_motion_coherence_separates_coherent_clips_from_independent_frames() -> None:
+    ds = MovingShapesDataset(frames=8, size=12, length=32, shape_size=3)
+    clips = torch.stack([ds[i]["video"] for i in range(32)])
+    data = motion_coherence(clips)
+    assert data["coherent"] == 1.0 and data["tracked"] == 1.0
+    assert abs(data["mean_step"] - 1.0) < 1e-4 and data["step_error"] < 1e-4 and data["line_rmse"] < 1e-4
+    # every frame from another clip: clean squares, positions jumping at random
+    g = torch.Generator().manual_seed(0)
+    pick = torch.randint(0, 32, (32, 8), generator=g)
+    jumbled = torch.stack([torch.stack([clips[pick[b, f], :, f] for f in range(8)], dim=1) for b in range(32)])
+    mixed = motion_coherence(jumbled)
+    assert mixed["tracked"] == 1.0  # every frame still shows a square ...
+    assert mixed["coherent"] < 0.1 and mixed["mean_step"] > 2.5 and mixed["line_rmse"] > 1.5  # ... but no path
+    # a coherent clip moving the other way is still coherent (coherence is direction-blind)
+    assert motion_coherence(clips.flip(2))["coherent"] == 1.0
+    still = clips[:, :, :1].expand_as(clips)  # no motion: steady, but not at the data's speed
+    assert motion_coherence(still)["coherent"] == 0.0 and motion_coherence(still)["mean_step"] == 0.0
+    empty = motion_coherence(-torch.ones(2, 3, 8, 12, 12))
+    assert empty["coherent"] == 0.0 and empty["tracked"] == 0.0 and np.isnan(empty["mean_step"])
+    with pytest.raises(ValueError, match="B, C, T, H, W"):
+        motion_coherence(clips[0])
 
 
 def test_bad_options_are_refused() -> None:

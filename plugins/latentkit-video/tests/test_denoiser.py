@@ -6,9 +6,11 @@ from __future__ import annotations
 import latentkit
 import pytest
 import torch
+import torch.nn.functional as F
 from latentkit.errors import ShapeError
+from latentkit.layers import sincos_pos_embed
 
-from latentkit_video.denoiser import TemporalLayer, VideoUNet
+from latentkit_video.denoiser import TemporalAttention, TemporalLayer, VideoUNet
 from latentkit_video.plugin import VIDEO_UNET_TINY_CONFIG
 
 IMAGE = dict(model_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,),
@@ -160,3 +162,64 @@ def test_temporal_conditioning_options_through_the_factory() -> None:
         latentkit.create("denoiser", "video_unet", **{**config, "crossattn_dim": None})
     with pytest.raises(ValueError, match="need temporal_attention"):
         latentkit.create("denoiser", "video_unet", **{**config, "temporal_attention": False})
+
+
+def _reference_temporal_attention(attn: TemporalAttention, x: torch.Tensor, context: torch.Tensor,
+                                  emb: torch.Tensor) -> torch.Tensor:
+    """TemporalAttention written out one pixel sequence at a time, without einops: the tokens
+    of pixel (i, j) of video b are its T frames, in order."""
+    b, c, t, h, w = x.shape
+    heads = attn.heads
+    normed = attn.norm(x)
+    pos = sincos_pos_embed((t,), c)
+    out = torch.empty_like(x)
+
+    def mha(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:  # (Lq, C), (Lk, C)
+        split = [z.reshape(z.shape[0], heads, c // heads).transpose(0, 1) for z in (q, k, v)]
+        return F.scaled_dot_product_attention(*split).transpose(0, 1).reshape(q.shape[0], c)
+
+    for n in range(b):
+        for i in range(h):
+            for j in range(w):
+                seq = attn.proj_in(normed[n, :, :, i, j].T) + pos + attn.emb_proj(emb[n])  # (T, C)
+                for blk in attn.blocks:
+                    q, k, v = blk["qkv"](blk["norm1"](seq)).chunk(3, dim=-1)
+                    seq = seq + blk["attn_out"](mha(q, k, v))
+                    kc, vc = blk["kv_ctx"](context[n]).chunk(2, dim=-1)
+                    seq = seq + blk["ctx_out"](mha(blk["q_ctx"](blk["norm_ctx"](seq)), kc, vc))
+                    seq = seq + blk["mlp"](blk["norm2"](seq))
+                out[n, :, :, i, j] = attn.proj_out(seq).T
+    return x + out
+
+
+def test_temporal_attention_attends_along_time_at_each_pixel() -> None:
+    """The (B, C, T, H, W) -> (B H W, T, C) folding puts exactly one pixel's frames on the
+    sequence axis: a wrong axis order would attend across pixels or across the batch."""
+    attn = TemporalAttention(8, 2, depth=2, norm_groups=4, context_dim=6, emb_dim=5)
+    _perturb(attn, 4)
+    with torch.no_grad():
+        attn.proj_out.weight.normal_(0.0, 0.3)  # lift the zero initialisation
+        x, context, emb = torch.randn(2, 8, 5, 3, 4), torch.randn(2, 7, 6), torch.randn(2, 5)
+        torch.testing.assert_close(attn(x, context, emb), _reference_temporal_attention(attn, x, context, emb),
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_the_denoiser_couples_frames_and_its_temporal_layers_learn(trained_image_unet) -> None:
+    """Frame 0's output depends on frame 3's input (autograd), never on another video; and
+    from the identity initialisation the zero output projections get gradients, so that the
+    temporal layers can start to learn (zeroing the input projections too would block this)."""
+    video = VideoUNet.from_image_unet(trained_image_unet, temporal_head_channels=8, norm_groups=4,
+                                      temporal_context=True, temporal_embedding=True)
+    x = torch.randn(2, 3, 4, 8, 8, requires_grad=True)
+    t, cond = torch.tensor([3.0, 40.0]), latentkit.Conditioning(crossattn=torch.randn(2, 5, 6))
+    out = video(x, t, cond)
+    out.square().mean().backward()
+    temporal = {n: p for n, p in video.named_parameters() if n.startswith("temporal_")}
+    zero_out = [n for n in temporal if n.endswith(("proj_out.weight", "out_layers.2.weight"))]
+    assert zero_out and all(float(temporal[n].grad.abs().sum()) > 0 for n in zero_out)
+    (grad,) = torch.autograd.grad(video(x, t, cond)[0, :, 0].sum(), x)
+    assert float(grad[0, :, 1:].abs().sum()) == 0.0  # at initialisation: the image model per frame
+    _perturb(video, 5)  # as after some training
+    (grad,) = torch.autograd.grad(video(x, t, cond)[0, :, 0].sum(), x)
+    assert float(grad[0, :, 3].abs().sum()) > 1e-3 * float(grad[0, :, 0].abs().sum())
+    assert float(grad[1].abs().sum()) == 0.0  # the other video of the batch is not seen

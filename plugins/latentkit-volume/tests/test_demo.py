@@ -48,8 +48,10 @@ def test_class_and_text_models_sample_volumes() -> None:
         torch.testing.assert_close(again, volumes, atol=1e-4, rtol=1e-4)
 
 
+# class labels and guidance 1 (not the text tower and guidance 2 of the defaults): the cheapest setup
 _TINY = dict(resolution=8, dataset_length=32, batch_size=4, per_shape=1, sample_steps=2,
-             denoiser_config={"preset": "tiny"}, export=False, progress=False)
+             denoiser_config={"preset": "tiny"}, conditioning="class", guidance_scale=1.0,
+             export=False, progress=False)
 
 
 def test_cached_data_and_budget_loop_train_like_the_trainer(tmp_path: Path) -> None:
@@ -94,3 +96,20 @@ def test_command_line_appends_one_json_line_per_run(tmp_path: Path, capsys: Any)
     assert set(rec["per_shape"]) == {"sphere", "cube", "cylinder", "torus"}
     for key in ("success_rate", "watertight_rate", "train_seconds", "stopped_by_budget", "device"):
         assert key in rec
+
+
+def test_defaults_are_the_text_recipe_measured_as_text_dit_b64() -> None:
+    import inspect
+
+    defaults = {k: p.default for k, p in inspect.signature(train_primitives).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    assert VARIANTS["default"] == {}
+    measured = VARIANTS["text_dit_b64"]
+    # the GPU run: a 20000-step cap stopped by time at 2036 steps, evaluated at guidance 1 and 2
+    assert {k: v for k, v in measured.items() if k not in ("steps", "guidance_scale")} == {
+        "batch_size": 64, "conditioning": "text"}
+    assert {k: defaults[k] for k in ("batch_size", "conditioning", "steps", "guidance_scale")} == {
+        "batch_size": 64, "conditioning": "text", "steps": 2000, "guidance_scale": 2.0}
+    # every variant pins its conditioning and guidance, so a change of defaults cannot change it
+    for name, overrides in VARIANTS.items():
+        assert name == "default" or {"conditioning", "guidance_scale"} <= set(overrides), name

@@ -228,6 +228,33 @@ class OpenCLIPTextConditioner(BaseConditioner):
 
     # ------------------------------------------------------------------ weights
 
+    def set_trainable(self, trainable: bool) -> None:
+        """Freeze or unfreeze the text tower; the parameters that ``outputs`` and ``layer``
+        never use (the blocks after ``layer``, the pooled projection, ``ln_final`` without
+        ``final_norm``) stay frozen, since no gradient reaches them (and DDP refuses trainable
+        parameters without one)."""
+        super().set_trainable(trainable)
+        if trainable:
+            for p in self.unused_parameters():
+                p.requires_grad_(False)
+            self.trainable = any(p.requires_grad for p in self.parameters())
+
+    def unused_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the tower that :meth:`encode` never reaches with these options."""
+        if "vector" in self.outputs:
+            return []  # the pooled vector runs every block, ln_final and the projection
+        unused: list[nn.Parameter] = []
+        projection = getattr(self.text, "text_projection", None)
+        if isinstance(projection, nn.Parameter):
+            unused.append(projection)
+        elif isinstance(projection, nn.Module):
+            unused.extend(projection.parameters())
+        for block in list(self.text.transformer.resblocks)[self.layer_index + 1:]:
+            unused.extend(block.parameters())
+        if not self.final_norm:
+            unused.extend(self.text.ln_final.parameters())
+        return unused
+
     def load_weights(
         self,
         weights: str | os.PathLike[str] | Mapping[str, torch.Tensor],

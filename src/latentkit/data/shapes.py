@@ -21,7 +21,7 @@ import torch
 from latentkit.data.base import AugmentedDataset, image_to_tensor
 from latentkit.specs import DataSpec
 
-__all__ = ["COLORS", "POSITIONS", "SHAPES", "ShapeDescription", "ShapesDataset", "caption_of", "describe_image"]
+__all__ = ["COLORS", "PARTIAL_FORMS", "POSITIONS", "SHAPES", "ShapeDescription", "ShapesDataset", "caption_of", "describe_image"]
 
 #: Colour name -> RGB in [0, 1]: primaries and yellow, pairwise far apart.
 COLORS: dict[str, tuple[float, float, float]] = {
@@ -40,9 +40,16 @@ POSITIONS: dict[str, tuple[float, float]] = {
 }
 
 
-def caption_of(color: str, shape: str, position: str) -> str:
-    """``"a red circle at the top left"``."""
-    return f"a {color} {shape} at the {position}"
+def caption_of(color: str | None, shape: str | None, position: str | None) -> str:
+    """``"a red circle at the top left"``; an attribute given as ``None`` is left out
+    (``"a red circle"``, ``"a circle at the top left"``, ``"a red shape at the top left"``)."""
+    words = " ".join(w for w in (color, shape or "shape") if w)
+    return f"a {words} at the {position}" if position else f"a {words}"
+
+
+#: The partial captions of :class:`ShapesDataset` (``partial_captions``): which attribute each
+#: leaves out.
+PARTIAL_FORMS: tuple[str, ...] = ("position", "color", "shape")
 
 
 def _shape_mask(shape: str, xx: np.ndarray, yy: np.ndarray, cx: float, cy: float, r: float) -> np.ndarray:
@@ -67,6 +74,12 @@ class ShapesDataset(AugmentedDataset):
     ``exclude`` removes combinations (by caption), e.g. to hold prompts out of training. Items
     carry ``image`` (3, size, size) in [-1, 1], ``caption``, ``label`` (colour x shape class,
     ``color_index * len(shapes) + shape_index``), ``color``, ``shape`` and ``position``.
+
+    ``partial_captions`` (a probability) gives that share of items a caption that leaves one
+    attribute out, chosen per item: ``"a red circle"``, ``"a circle at the top left"`` or
+    ``"a red shape at the top left"``. Seeing each word also without the others teaches a
+    text-conditioned model what each word does on its own, which is what it needs to follow
+    combinations it never saw (the quickstart's held-out prompts). Images are unchanged.
     """
 
     def __init__(
@@ -79,12 +92,16 @@ class ShapesDataset(AugmentedDataset):
         positions: Sequence[str] | None = None,  # subset of POSITIONS (default: all)
         exclude: Sequence[str] = (),  # captions left out (held-out prompts)
         supersample: int = 4,  # anti-aliasing factor
+        partial_captions: float = 0.0,  # share of items whose caption leaves one attribute out
     ) -> None:
         super().__init__(DataSpec(channels=3, layout="CHW"), seed=seed)
         if size < 8:
             raise ValueError(f"shapes: size must be >= 8, got {size}")
         if length < 1:
             raise ValueError(f"shapes: length must be >= 1, got {length}")
+        if not 0.0 <= partial_captions <= 1.0:
+            raise ValueError(f"shapes: partial_captions must be a probability in [0, 1], got {partial_captions}")
+        self.partial_captions = float(partial_captions)
         self.size = int(size)
         self.length = int(length)
         self.supersample = int(supersample)
@@ -151,9 +168,16 @@ class ShapesDataset(AugmentedDataset):
         # Items do not change with the epoch: the rng depends on (seed, index) only.
         rng = np.random.default_rng([self.seed & 0xFFFFFFFF, 1, index])
         image = image_to_tensor(self.render(color, shape, position, rng))
+        caption = caption_of(color, shape, position)
+        if self.partial_captions > 0:  # a separate stream: images do not depend on this option
+            pick = np.random.default_rng([self.seed & 0xFFFFFFFF, 2, index])
+            if pick.random() < self.partial_captions:
+                left_out = PARTIAL_FORMS[int(pick.integers(len(PARTIAL_FORMS)))]
+                caption = caption_of(None if left_out == "color" else color, None if left_out == "shape" else shape,
+                                     None if left_out == "position" else position)
         return {
             "image": image,
-            "caption": caption_of(color, shape, position),
+            "caption": caption,
             "label": self.colors.index(color) * len(self.shapes) + self.shapes.index(shape),
             "color": color,
             "shape": shape,
@@ -164,7 +188,8 @@ class ShapesDataset(AugmentedDataset):
         """Options that determine the items."""
         return {"class": "ShapesDataset", "size": self.size, "length": self.length, "seed": self.seed,
                 "colors": self.colors, "shapes": self.shapes, "positions": self.positions,
-                "exclude": self.exclude, "supersample": self.supersample}
+                "exclude": self.exclude, "supersample": self.supersample,
+                "partial_captions": self.partial_captions}
 
 
 # ----------------------------------------------------------------------- checker

@@ -223,6 +223,12 @@ class LatentDiffusion(nn.Module):
 
     # ------------------------------------------------------------------ training
 
+    def compile_targets(self) -> list[nn.Module]:
+        """What ``Trainer(compile=True)`` hands to ``torch.compile``: the denoiser, the network
+        that dominates the cost. Tokenizers, conditioning containers and random draws stay
+        eager, so compiled training draws the same noise as eager training."""
+        return [self.denoiser]
+
     def loss_terms(self, batch: Mapping[str, Any], *, generator: Generators = None) -> dict[str, torch.Tensor]:
         """Training loss terms for one batch.
 

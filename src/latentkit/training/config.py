@@ -250,7 +250,7 @@ class TrainingConfig:
     ema_update_every: int = 1
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16 autocast; fp16 + GradScaler (CUDA)
     device: str = "auto"  # "auto" = CUDA when available (cuda:LOCAL_RANK), else CPU
-    compile: bool = False  # torch.compile the loss
+    compile: bool = False  # torch.compile the model's compile_targets() (LatentDiffusion: the denoiser), else the loss
     channels_last: bool | None = None  # None = on CUDA only
     tf32: bool = True  # TF32 matmuls/convolutions on CUDA
     seed: int = 0

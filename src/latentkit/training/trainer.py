@@ -295,7 +295,12 @@ class Trainer:
                 find_unused_parameters=find_unused,
             )
         if config.compile:
-            self.loss_module = torch.compile(self.loss_module)  # type: ignore[assignment]
+            targets = model.compile_targets() if callable(getattr(model, "compile_targets", None)) else None
+            if targets:  # the networks alone (in place: same parameters, same state-dict keys)
+                for module in targets:
+                    module.compile()
+            else:  # the whole loss
+                self.loss_module = torch.compile(self.loss_module)  # type: ignore[assignment]
         self.sampler = ResumableSampler(dataset, info=self.dist, shuffle=config.shuffle, seed=config.seed)
         self._stream: Iterator[Any] | None = None
 

@@ -28,6 +28,7 @@ _EXPORTS = {
     "VideoFolderDataset": "latentkit_video.datasets",
     "VideoUNet": "latentkit_video.denoiser",
     "direction_adherence": "latentkit_video.datasets",
+    "motion_coherence": "latentkit_video.datasets",
     "motion_direction": "latentkit_video.datasets",
     "save_filmstrip": "latentkit_video.output",
     "save_gif": "latentkit_video.output",

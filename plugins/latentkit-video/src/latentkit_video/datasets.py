@@ -28,6 +28,7 @@ __all__ = [
     "MovingShapesDataset",
     "VideoFolderDataset",
     "direction_adherence",
+    "motion_coherence",
     "motion_direction",
     "track_centroids",
 ]
@@ -224,6 +225,66 @@ def direction_adherence(videos: torch.Tensor, directions: Sequence[str], **kwarg
         raise ValueError(f"direction_adherence: {len(videos)} clips but {len(directions)} directions")
     hits = sum(motion_direction(v, **kwargs)["direction"] == d for v, d in zip(videos, directions))
     return hits / max(1, len(directions))
+
+
+def motion_coherence(
+    videos: torch.Tensor,
+    *,
+    speed: float = 1.0,  # the data's pixels per frame
+    tolerance: float = 0.5,  # pixels of deviation from a straight, even path still "coherent"
+    background: float = -1.0,
+    threshold: float = 0.5,
+) -> dict[str, float]:
+    """Temporal coherence of clips (B, 3, T, H, W), separately from their direction.
+
+    Every clip's centroids (:func:`track_centroids`) are compared with the data, where the
+    shape moves ``speed`` pixels per frame in a straight line:
+
+    * ``mean_step``: mean distance between the centroids of consecutive tracked frames
+      (pixels; the data has ``speed``, frames drawn independently of each other have several);
+    * ``step_error``: mean ``|step - speed|`` over those frame pairs (0 for the data);
+    * ``line_rmse``: mean over clips of the RMS residual of the least-squares constant-velocity
+      fit ``c(f) = a + v f`` (0 for the data);
+    * ``coherent``: fraction of clips with the shape in every frame whose largest residual
+      from that fit is at most ``tolerance`` pixels and whose every step lies within
+      ``tolerance`` of ``speed`` (1 for the data);
+    * ``tracked``: fraction of frames where a shape is found.
+
+    Clips with fewer than two tracked frames count as incoherent and add nothing to the means.
+    """
+    if videos.ndim != 5:
+        raise ValueError(f"motion_coherence: expected clips (B, C, T, H, W), got shape {tuple(videos.shape)}")
+    steps: list[torch.Tensor] = []
+    rmses: list[float] = []
+    coherent = 0
+    tracked = 0
+    for video in videos:
+        cents = track_centroids(video, background=background, threshold=threshold)
+        ok = ~torch.isnan(cents[:, 0])
+        tracked += int(ok.sum())
+        if int(ok.sum()) < 2:
+            continue
+        f = torch.arange(cents.shape[0], dtype=torch.float32)[ok]
+        c = cents[ok]
+        pair = ok[1:] & ok[:-1]  # consecutive frames, both tracked
+        step = (cents[1:] - cents[:-1]).norm(dim=1)[pair]
+        steps.append(step)
+        fc = f - f.mean()
+        velocity = (fc[:, None] * (c - c.mean(dim=0))).sum(dim=0) / (fc**2).sum()
+        residual = (c - c.mean(dim=0) - fc[:, None] * velocity).norm(dim=1)
+        rmses.append(float(residual.pow(2).mean().sqrt()))
+        if (bool(ok.all()) and float(residual.max()) <= tolerance
+                and bool(((step - speed).abs() <= tolerance).all())):
+            coherent += 1
+    all_steps = torch.cat(steps) if steps else torch.zeros(0)
+    nan = float("nan")
+    return {
+        "mean_step": float(all_steps.mean()) if len(all_steps) else nan,
+        "step_error": float((all_steps - speed).abs().mean()) if len(all_steps) else nan,
+        "line_rmse": sum(rmses) / len(rmses) if rmses else nan,
+        "coherent": coherent / max(1, len(videos)),
+        "tracked": tracked / max(1, videos.shape[0] * videos.shape[2]),
+    }
 
 
 # --------------------------------------------------------------------------- video folder

@@ -37,10 +37,21 @@ from latentkit_video.datasets import (
     DIRECTIONS,
     MovingShapesDataset,
     direction_adherence,
+    motion_coherence,
     motion_direction,
 )
 
-__all__ = ["VARIANTS", "MovingShapesResult", "build_model", "evaluate", "main", "run", "run_variant"]
+__all__ = [
+    "VARIANTS",
+    "MovingShapesResult",
+    "build_model",
+    "caption_influence",
+    "evaluate",
+    "main",
+    "run",
+    "run_variant",
+    "temporal_influence",
+]
 
 #: The data of the experiment: 8 frames of 12x12, a red 3x3 square, 4 directions.
 DATA_CONFIG: dict[str, Any] = {
@@ -67,6 +78,12 @@ class MovingShapesResult:
     steps: int  # optimizer steps done (fewer than asked when the time budget ran out)
     final_loss: float
     stopped_by_budget: bool = False  # training ended early because time_budget ran out
+    #: :func:`latentkit_video.datasets.motion_coherence` of the samples (direction-blind)
+    coherence: dict[str, float] = attrs.field(factory=dict)
+    #: :func:`temporal_influence` of the trained denoiser, by noise level
+    temporal_influence: dict[str, float] = attrs.field(factory=dict)
+    #: :func:`caption_influence` of the trained model
+    caption_influence: dict[str, float] = attrs.field(factory=dict)
 
 
 #: EDM training noise levels, ln(sigma) ~ N(p_mean, p_std^2): p_mean is raised from EDM's -1.2
@@ -111,6 +128,16 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     },
     # the shipped model at batch 64 (is it only a matter of more data per step?)
     "shipped_b64": {"training": {"batch_size": 64, "lr": 2e-3}},
+    # the shipped model with the (randomly initialised) text tower frozen: trained, the tower
+    # of the shipped run collapsed the four direction prompts onto nearly one context
+    # (caption_influence "context" 1.84 at initialisation, 0.14 after 800 steps)
+    "frozen_text": {"conditioner": {"trainable": False}},
+    # temporal_all with the frozen text tower
+    "temporal_all_frozen_text": {
+        "conditioner": {"outputs": ["crossattn", "vector"], "trainable": False},
+        "denoiser": {"temporal_context": True, "temporal_embedding": True},
+        "schedule": {"p_mean": 0.0},
+    },
 }
 _VARIANT_SECTIONS = ("denoiser", "schedule", "conditioner", "training")
 _TRAINING_KEYS = ("batch_size", "lr", "guidance_scale")
@@ -170,6 +197,91 @@ def evaluate(
         for i, d in enumerate(directions)
     }
     return direction_adherence(videos, wanted), per, videos, prompts
+
+
+def temporal_influence(
+    model: latentkit.LatentDiffusion,
+    dataset: MovingShapesDataset,
+    *,
+    sigmas: Sequence[float] = (0.5, 2.0, 8.0),
+    items: int = 8,
+    seed: int = 0,
+) -> dict[str, float]:
+    """How much the denoiser's estimate of frame 0 depends on the *other* frames.
+
+    For ``items`` training clips noised to each ``sigma`` (fixed seed), the gradient of
+    ``sum(D(x, sigma, cond)[:, :, 0] * r)`` (``r`` a fixed random direction) with respect to
+    ``x`` is split by frame; the result is the share of its absolute mass on frames 1..T-1.
+    0 means frame 0 is denoised on its own, as an image model would (no temporal pathway);
+    the keys are ``"sigma=<value>"``.
+    """
+    was_training = model.training
+    model.eval()
+    batch = [dataset[i] for i in range(items)]
+    x0 = model.encode(torch.stack([b["video"] for b in batch]))
+    cond = model.conditioner({"caption": [b["caption"] for b in batch]}) if model.conditioner else None
+    if cond is not None:
+        cond = cond.to(model.device)
+    gen = torch.Generator().manual_seed(seed)
+    out: dict[str, float] = {}
+    for sigma in sigmas:
+        noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+        x = (x0 + sigma * noise).requires_grad_(True)
+        with torch.enable_grad():
+            denoised = model.denoise(x, torch.full((x.shape[0],), float(sigma), device=x.device), cond)
+            r = torch.randn(denoised[:, :, 0].shape, generator=gen).to(x.device)
+            (grad,) = torch.autograd.grad((denoised[:, :, 0] * r).sum(), x)
+        per_frame = grad.abs().sum(dim=(0, 1, 3, 4))  # (T,)
+        out[f"sigma={sigma:g}"] = float(per_frame[1:].sum() / per_frame.sum().clamp(min=1e-30))
+    model.train(was_training)
+    return out
+
+
+@torch.no_grad()
+def caption_influence(
+    model: latentkit.LatentDiffusion,
+    dataset: MovingShapesDataset,
+    *,
+    directions: Sequence[str] = tuple(DIRECTIONS),
+    sigmas: Sequence[float] = (2.0, 8.0),
+    items: int = 8,
+    seed: int = 0,
+) -> dict[str, float]:
+    """How much the prompted direction reaches the conditioning and the denoiser.
+
+    * ``context``: mean over pairs of direction prompts ("a red square moving left" vs
+      "... right", ...) of the largest absolute difference between their ``crossattn``
+      encodings (the ``vector`` when there is no ``crossattn``); 0 means the text encoder
+      maps every direction to the same context (a collapsed text tower);
+    * ``"sigma=<value>"``: mean over direction pairs of ``mean |D(x; p1) - D(x; p2)|``,
+      divided by ``mean |D(x; p1)|``, for ``items`` training clips noised to ``sigma``
+      (fixed seed): the relative change of the denoised estimate when only the direction
+      word of the prompt changes.
+    """
+    was_training = model.training
+    model.eval()
+    out: dict[str, float] = {}
+    if model.conditioner is None:
+        return out
+    color, shape = "red", "square"
+    prompts = [f"a {color} {shape} moving {d}" for d in directions]
+    cond = model.conditioner({"caption": prompts}).to(model.device)
+    enc = cond.crossattn if cond.crossattn is not None else cond.vector
+    pairs = [(i, j) for i in range(len(prompts)) for j in range(i + 1, len(prompts))]
+    if enc is not None and pairs:
+        out["context"] = sum(float((enc[i] - enc[j]).abs().max()) for i, j in pairs) / len(pairs)
+    x0 = model.encode(torch.stack([dataset[i]["video"] for i in range(items)]))
+    conds = [model.conditioner({"caption": [p] * items}).to(model.device) for p in prompts]
+    gen = torch.Generator().manual_seed(seed)
+    for sigma in sigmas:
+        x = x0 + sigma * torch.randn(x0.shape, generator=gen).to(x0.device)
+        s = torch.full((items,), float(sigma), device=x0.device)
+        denoised = [model.denoise(x, s, c) for c in conds]
+        rel = [float((denoised[i] - denoised[j]).abs().mean() / denoised[i].abs().mean().clamp(min=1e-12))
+               for i, j in pairs]
+        out[f"sigma={sigma:g}"] = sum(rel) / max(1, len(rel))
+    model.train(was_training)
+    return out
 
 
 class _BudgetTrainer(Trainer):
@@ -256,6 +368,9 @@ def run(
     adherence, per, videos, prompts = evaluate(model, per_direction=per_direction,
                                                guidance_scale=guidance_scale)
     sample_seconds = time.perf_counter() - start
+    coherence = motion_coherence(videos, speed=float(DATA_CONFIG["speed"]))
+    influence = temporal_influence(model, dataset)
+    caption = caption_influence(model, dataset)
     if write_samples:
         from latentkit_video.output import save_filmstrip, save_gif
 
@@ -269,6 +384,7 @@ def run(
         sample_seconds=sample_seconds, steps=trainer.step,
         final_loss=float(metrics.get("loss", float("nan"))),
         stopped_by_budget=bool(getattr(trainer, "stopped_by_budget", False)),
+        coherence=coherence, temporal_influence=influence, caption_influence=caption,
     )
 
 
@@ -356,7 +472,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         adherence=result.adherence, per_direction=result.per_direction, steps=result.steps,
         stopped_by_budget=result.stopped_by_budget, train_seconds=result.train_seconds,
         sample_seconds=result.sample_seconds, total_seconds=time.perf_counter() - started,
-        final_loss=result.final_loss, samples=result.samples,
+        final_loss=result.final_loss, samples=result.samples, coherence=result.coherence,
+        temporal_influence=result.temporal_influence, caption_influence=result.caption_influence,
         batch_size=kwargs.get("batch_size", 16), lr=kwargs.get("lr", 1e-3),
         overrides=VARIANTS[args.variant],
     )

@@ -3,8 +3,10 @@
 * ``latentkit plugins`` lists registered components per kind and the plugins that failed to
   load; ``latentkit check`` runs the conformance kit over installed components;
 * ``latentkit train CONFIG`` trains what a TOML config describes (also under ``torchrun``);
-* ``latentkit sample RUN --prompt ...`` draws a PNG grid from a trained run (or, with
-  ``--checkpoint FILE``, from a Stable Diffusion single-file checkpoint);
+* ``latentkit sample RUN --prompt ...`` draws samples from a trained run (or, with
+  ``--checkpoint FILE``, from a Stable Diffusion single-file checkpoint) into a captioned PNG
+  grid, or into the files the plugin of the data layout writes (a GIF for video, meshes for
+  volumes: the ``latentkit_write_samples`` hook);
 * ``latentkit eval RUN`` measures prompt adherence (``shapes`` prompts) or reconstruction;
 * ``latentkit quickstart`` trains a small text-to-image latent diffusion model on the CPU.
 
@@ -356,17 +358,40 @@ def _add_sampling_options(p: argparse.ArgumentParser, *, default_num: int) -> No
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: CUDA if available)")
 
 
+GRID_SUFFIXES = (".png",)  # what the built-in grid writes when no plugin owns the layout
+
+
 def cmd_sample(args: argparse.Namespace, out: TextIO) -> int:
-    """Sample a trained run into a captioned PNG grid."""
+    """Sample a trained run into the files of ``--out``: the plugin that owns the data layout
+    writes them (``latentkit_write_samples``), else a captioned PNG grid."""
+    from latentkit.plugins import get_plugin_manager
     from latentkit.training import save_image_grid
 
     model, config = _load_for_sampling(args)
     batch, captions = _conditioning_batch(model, args)
     images = _sample_images(model, config, args, batch)
-    value_range = tuple(model.autoencoder.data_spec.value_range)
-    path = save_image_grid(images.clamp(*value_range), args.out, captions=captions, nrow=args.num,
-                           value_range=value_range)
-    print(f"wrote {len(images)} image(s) to {path}", file=out)
+    spec = model.autoencoder.data_spec
+    value_range = (float(spec.value_range[0]), float(spec.value_range[1]))
+    images = images.clamp(*value_range)
+    written = get_plugin_manager().hook.latentkit_write_samples(
+        samples=images, path=str(args.out), layout=spec.layout, captions=captions, value_range=value_range)
+    if written is None:
+        suffix = Path(args.out).suffix.lower()
+        if suffix not in GRID_SUFFIXES:
+            asked = f"{suffix!r} files" if suffix else "files without a suffix"
+            raise LatentkitError(
+                f"no installed plugin writes {asked} for {spec.layout} samples; available for "
+                f"{spec.layout}: {', '.join(GRID_SUFFIXES)} (a captioned grid); change --out")
+        path = save_image_grid(images, args.out, captions=captions, nrow=args.num, value_range=value_range)
+        print(f"wrote {len(images)} image(s) to {path}", file=out)
+        return 0
+    paths = [Path(p) for p in written]
+    if len(paths) == 1:
+        print(f"wrote {len(images)} {spec.layout} sample(s) to {paths[0]}", file=out)
+    else:
+        print(f"wrote {len(images)} {spec.layout} sample(s) to {len(paths)} files:", file=out)
+        for p in paths:
+            print(f"  {p}", file=out)
     return 0
 
 
@@ -466,10 +491,11 @@ def _add_run_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
-        "sample", help="sample a trained model into a PNG grid",
+        "sample", help="sample a trained model into a PNG grid (or a plugin's format)",
         description="Sample a run trained by `latentkit train` (a run directory, its checkpoints/ "
         "folder or one step_N checkpoint) or a Stable Diffusion 1.x/2.x single-file checkpoint "
-        "(--checkpoint FILE) into a captioned PNG grid.",
+        "(--checkpoint FILE) into a captioned PNG grid. The plugin of a video or volume run "
+        "writes its own formats, chosen by the suffix of --out (e.g. .gif, .ply, .obj).",
     )
     p.add_argument("run", metavar="RUN", nargs="?", help="run directory or checkpoint")
     p.add_argument("--checkpoint", metavar="FILE",
@@ -485,7 +511,10 @@ def _add_run_commands(sub: Any) -> None:
                    "(default 0.75 for img2img, 1 for inpainting)")
     p.add_argument("--mask", metavar="IMAGE",
                    help="inpainting (with --init-image): white = region to generate, black = keep")
-    p.add_argument("--out", default="grid.png", metavar="PNG", help="output grid (default grid.png)")
+    p.add_argument("--out", default="grid.png", metavar="FILE",
+                   help="output file; its suffix picks the format: .png grid for images, what the "
+                   "layout's plugin writes otherwise (video: .gif/.png, volume: .ply/.obj/.png); "
+                   "default grid.png")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser(

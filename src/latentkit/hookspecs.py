@@ -6,7 +6,7 @@ after the specs below, and published under the setuptools entry-point group ``la
     [project.entry-points.latentkit]
     my_plugin = "my_package.plugin"
 
-Two families of hooks exist:
+Three families of hooks exist:
 
 * **registration hooks**, one per component kind, each given a
   :class:`~latentkit.plugins.Registrar` whose ``add(name, factory, summary=...)`` registers a
@@ -14,15 +14,22 @@ Two families of hooks exist:
   these hooks.
 * **lifecycle hooks** fired by the shared training and sampling loop, so that logging, EMA,
   profiling and the like can be plugins too. Their return values are ignored.
+* **output hooks**, ``firstresult`` hooks through which a plugin owns the files written for
+  the data layout it adds (``latentkit sample`` asks them before its PNG grid).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    import torch
+
     from latentkit.plugins import Registrar
 
 __all__ = ["hookimpl", "hookspec"]
@@ -119,3 +126,29 @@ def latentkit_train_end(trainer: Any, step: int) -> None:
 def latentkit_sampling_step(info: dict[str, Any]) -> None:
     """Called once per sampler step by the shared sampling loop, with the sampler callback's
     dict (``i``, ``x``, ``sigma``, ``sigma_next``, ``denoised``) plus ``total`` steps."""
+
+
+# ----------------------------------------------------------------- output hooks
+
+
+@hookspec(firstresult=True)
+def latentkit_write_samples(
+    samples: torch.Tensor,
+    path: str,
+    layout: str,
+    captions: Sequence[str] | None,
+    value_range: tuple[float, float],
+) -> list[Path] | None:
+    """Write generated samples of ``layout`` to files; called by ``latentkit sample``.
+
+    ``samples`` is an (N, C, *spatial) float tensor on the CPU, clamped to ``value_range``
+    (the autoencoder's ``data_spec.value_range``); ``layout`` is its data layout string
+    (``"CHW"``, ``"CTHW"``, ``"CDHW"``, ...); ``captions`` holds one caption per sample (the
+    prompt or ``"label N"``), or is None for an unconditional model; ``path`` is what the user
+    passed to ``--out``, whose suffix picks the format.
+
+    Return the list of paths written, or None when ``layout`` is not yours: the first
+    non-None answer wins, and when nobody answers latentkit writes its captioned PNG grid.
+    For your layout but a suffix you do not write, raise
+    :class:`~latentkit.errors.LatentkitError` naming the suffixes you do write.
+    """

@@ -9,6 +9,8 @@ from typing import Any
 from latentkit import hookimpl
 from latentkit.plugins import Registrar
 
+from latentkit_video.cli_output import latentkit_write_samples  # `latentkit sample` writes GIFs
+
 __all__ = [
     "CAUSAL_TINY_CONFIG",
     "FIRST_FRAME_TINY_CONFIG",
@@ -19,6 +21,7 @@ __all__ = [
     "latentkit_register_conditioners",
     "latentkit_register_datasets",
     "latentkit_register_denoisers",
+    "latentkit_write_samples",
 ]
 
 #: Frame-wise ``kl`` (f4 in space, 1 in time), small enough for the conformance kit.

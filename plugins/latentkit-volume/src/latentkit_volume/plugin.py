@@ -9,6 +9,8 @@ from typing import Any
 import latentkit
 from latentkit.plugins import Registrar
 
+from latentkit_volume.cli_output import latentkit_write_samples  # `latentkit sample` writes meshes
+
 __all__ = [
     "DIT_TINY_CONFIG",
     "KL_TINY_CONFIG",
@@ -16,6 +18,7 @@ __all__ = [
     "latentkit_register_autoencoders",
     "latentkit_register_datasets",
     "latentkit_register_denoisers",
+    "latentkit_write_samples",
 ]
 
 #: Tiny configurations for the conformance kit: build in milliseconds, run on 8^3 grids.

@@ -92,6 +92,29 @@ def test_shapes_checker_reads_a_drawn_shape_not_the_caption() -> None:
     assert not seen.matches("a red triangle at the bottom right") and not seen.matches("a blue circle")
 
 
+def test_shapes_partial_captions_leave_one_attribute_out() -> None:
+    full = ShapesDataset(size=16, length=96, seed=2)
+    part = ShapesDataset(size=16, length=96, seed=2, partial_captions=0.5)
+    forms = {"position": 0, "color": 0, "shape": 0, "full": 0}
+    for i in range(96):
+        a, b = full[i], part[i]
+        assert torch.equal(a["image"], b["image"]) and a["caption"] == caption_of(a["color"], a["shape"], a["position"])
+        words = b["caption"]
+        if words == a["caption"]:
+            forms["full"] += 1
+        elif words == f"a {a['color']} {a['shape']}":
+            forms["position"] += 1
+        elif words == f"a {a['shape']} at the {a['position']}":
+            forms["color"] += 1
+        else:
+            assert words == f"a {a['color']} shape at the {a['position']}", words
+            forms["shape"] += 1
+    assert all(n > 0 for n in forms.values()) and 24 <= forms["full"] <= 72, forms
+    assert part[5]["caption"] == ShapesDataset(size=16, length=96, seed=2, partial_captions=0.5)[5]["caption"]
+    with pytest.raises(ValueError, match="partial_captions"):
+        ShapesDataset(partial_captions=1.5)
+
+
 def test_shapes_exclude_and_option_errors() -> None:
     held_out = caption_of("red", "circle", "top left")
     ds = ShapesDataset(size=16, length=200, exclude=[held_out])

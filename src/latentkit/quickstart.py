@@ -6,8 +6,10 @@ The two stages of Rombach et al. (2022) on the synthetic ``shapes`` data:
 1. a small KL-regularised autoencoder (f = 4: 32x32x3 images <-> 8x8x8 latents), whose
    latents are then normalised to unit variance (``scaling_factor``, Sec. 4.3.2);
 2. a small text-conditioned UNet in that latent space, with cross-attention to the tokens of a
-   tiny open_clip text tower (the real CLIP BPE tokenizer, a 2-layer transformer of width 64
-   trained from scratch with the UNet) and its pooled prompt embedding added to the timestep
+   tiny open_clip text tower (the real CLIP BPE tokenizer, a 2-layer transformer of width 64,
+   randomly initialised and frozen, as LDM freezes its CLIP text encoder: trained from scratch
+   together with the UNet, such a tower maps different prompts to nearly the same encoding
+   within a few hundred steps) and its pooled prompt embedding added to the timestep
    embedding (the SDXL-style global vector: colour and shape are global attributes), and
    10% prompt dropout for classifier-free guidance (Ho & Salimans 2022), trained from cached
    latents.
@@ -82,7 +84,7 @@ class QuickstartSettings:
     text_width: int = 64  # width of the tiny text transformer (2 layers)
     text_heads: int = 4
     ema_decay: float = 0.995
-    partial_captions: float = 0.5  # share of stage-2 captions that leave one attribute out
+    partial_captions: float = 0.0  # share of stage-2 captions that leave one attribute out
     # sampling
     samples_per_prompt: int = 4
     sampler: str = "dpmpp_2m"
@@ -173,7 +175,7 @@ name = "openclip_text"
 model_name = "tiny"           # open_clip tokenizer + a tiny text transformer, trained here
 text_cfg = {{ context_length = {s.context_length}, width = {s.text_width}, heads = {s.text_heads} }}   # captions are ~10 tokens
 outputs = ["crossattn", "vector"]   # tokens to cross-attention, the pooled prompt to the timestep embedding
-trainable = true
+trainable = false             # random and frozen: trained along, the tiny tower collapses the prompts
 dropout = 0.1                 # null prompt 10% of the time: classifier-free guidance
 
 [denoiser]                    # in/out channels and crossattn_dim come from the other parts

@@ -295,7 +295,8 @@ class Trainer:
                 find_unused_parameters=find_unused,
             )
         if config.compile:
-            targets = model.compile_targets() if callable(getattr(model, "compile_targets", None)) else None
+            get_targets = getattr(model, "compile_targets", None)
+            targets: list[nn.Module] | None = get_targets() if callable(get_targets) else None
             if targets:  # the networks alone (in place: same parameters, same state-dict keys)
                 for module in targets:
                     module.compile()

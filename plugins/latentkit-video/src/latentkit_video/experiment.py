@@ -130,9 +130,11 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "shipped_b64": {"training": {"batch_size": 64, "lr": 2e-3}},
     # the shipped model with the (randomly initialised) text tower frozen: trained, the tower
     # of the shipped run collapsed the four direction prompts onto nearly one context
-    # (caption_influence "context" 1.84 at initialisation, 0.14 after 800 steps)
+    # (caption_influence "context" 1.84 at initialisation, 0.14 after 800 steps); frozen, the
+    # prompts stay apart but the denoiser still ignores them: 46.9% / 37.5% after 1000 / 2000
+    # CPU steps (docs/video.md)
     "frozen_text": {"conditioner": {"trainable": False}},
-    # temporal_all with the frozen text tower
+    # temporal_all with the frozen text tower (31.2% after 1000 CPU steps)
     "temporal_all_frozen_text": {
         "conditioner": {"outputs": ["crossattn", "vector"], "trainable": False},
         "denoiser": {"temporal_context": True, "temporal_embedding": True},

@@ -136,7 +136,12 @@ def _plain_and_torchrun(tmp_path: Path, device: str) -> tuple[dict[str, list[flo
     config = tmp_path / "c.toml"
     config.write_text(CONFIG.replace("OUTPUT", str(tmp_path / "unused"))
                       .replace("progress = false", f'progress = false\nlog_every = 1\ndevice = "{device}"'))
-    assert main(["train", str(config), "--output", str(tmp_path / "plain")], out=io.StringIO()) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the torchrun process below: the same CPU sums, bit for bit
+    try:
+        assert main(["train", str(config), "--output", str(tmp_path / "plain")], out=io.StringIO()) == 0
+    finally:
+        torch.set_num_threads(threads)
     env = {**os.environ, "CUBLAS_WORKSPACE_CONFIG": ":4096:8", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",

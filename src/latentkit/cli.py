@@ -358,12 +358,13 @@ def _add_sampling_options(p: argparse.ArgumentParser, *, default_num: int) -> No
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: CUDA if available)")
 
 
-GRID_SUFFIXES = (".png",)  # what the built-in grid writes when no plugin owns the layout
+GRID_FORMATS = {".png": "a captioned grid"}  # what the built-in writer does when no plugin owns the layout
 
 
 def cmd_sample(args: argparse.Namespace, out: TextIO) -> int:
     """Sample a trained run into the files of ``--out``: the plugin that owns the data layout
     writes them (``latentkit_write_samples``), else a captioned PNG grid."""
+    from latentkit.hookspecs import output_suffix
     from latentkit.plugins import get_plugin_manager
     from latentkit.training import save_image_grid
 
@@ -375,13 +376,9 @@ def cmd_sample(args: argparse.Namespace, out: TextIO) -> int:
     images = images.clamp(*value_range)
     written = get_plugin_manager().hook.latentkit_write_samples(
         samples=images, path=str(args.out), layout=spec.layout, captions=captions, value_range=value_range)
-    if written is None:
-        suffix = Path(args.out).suffix.lower()
-        if suffix not in GRID_SUFFIXES:
-            asked = f"{suffix!r} files" if suffix else "files without a suffix"
-            raise LatentkitError(
-                f"no installed plugin writes {asked} for {spec.layout} samples; available for "
-                f"{spec.layout}: {', '.join(GRID_SUFFIXES)} (a captioned grid); change --out")
+    if written is None:  # no plugin owns the layout: the built-in grid
+        output_suffix(args.out, GRID_FORMATS, writer="latentkit (no installed plugin owns this layout)",
+                      layout=spec.layout)
         path = save_image_grid(images, args.out, captions=captions, nrow=args.num, value_range=value_range)
         print(f"wrote {len(images)} image(s) to {path}", file=out)
         return 0

@@ -20,19 +20,19 @@ Three families of hooks exist:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     import torch
 
     from latentkit.plugins import Registrar
 
-__all__ = ["hookimpl", "hookspec"]
+__all__ = ["hookimpl", "hookspec", "output_suffix"]
 
 PROJECT = "latentkit"
 
@@ -150,5 +150,21 @@ def latentkit_write_samples(
     Return the list of paths written, or None when ``layout`` is not yours: the first
     non-None answer wins, and when nobody answers latentkit writes its captioned PNG grid.
     For your layout but a suffix you do not write, raise
-    :class:`~latentkit.errors.LatentkitError` naming the suffixes you do write.
+    :class:`~latentkit.errors.LatentkitError` naming the suffixes you do write
+    (:func:`output_suffix` does both: it returns the suffix or raises that error).
     """
+
+
+def output_suffix(path: str | os.PathLike[str], formats: Mapping[str, str], *, writer: str, layout: str) -> str:
+    """The lower-case suffix of ``path`` when ``formats`` (suffix -> what it gives) has it;
+    else a :class:`~latentkit.errors.LatentkitError` naming what was asked and every format
+    ``writer`` has for ``layout``. For ``latentkit_write_samples`` implementations."""
+    from latentkit.errors import LatentkitError
+
+    suffix = Path(path).suffix.lower()
+    if suffix not in formats:
+        asked = f"{suffix!r} files" if suffix else "files without a suffix"
+        available = ", ".join(f"{s} ({what})" for s, what in formats.items())
+        raise LatentkitError(f"{writer} cannot write {asked} for {layout} samples; available: {available}; "
+                             "change --out")
+    return suffix

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import latentkit
 from latentkit.errors import LatentkitError
+from latentkit.hookspecs import output_suffix
 
 if TYPE_CHECKING:
     import torch
@@ -60,13 +61,7 @@ def latentkit_write_samples(
     if layout != LAYOUT:
         return None
     out = Path(path)
-    suffix = out.suffix.lower()
-    if suffix not in SUFFIXES:
-        asked = f"{suffix!r} files" if suffix else "files without a suffix"
-        available = ", ".join(f"{s} ({what})" for s, what in SUFFIXES.items())
-        raise LatentkitError(
-            f"latentkit-volume cannot write {asked} for {LAYOUT} samples; available: {available}; "
-            "change --out")
+    suffix = output_suffix(out, SUFFIXES, writer="latentkit-volume", layout=LAYOUT)
     if samples.ndim != 5:
         raise LatentkitError(f"expected {LAYOUT} samples (N, C, D, H, W), got shape {tuple(samples.shape)}")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -330,3 +330,22 @@ output_dir = {json.dumps(str(tmp_path))}
     dataset = build_dataset(cfg, build_model(cfg, manager=pm), manager=pm)
     assert isinstance(dataset, LatentCacheDataset) and len(dataset) == 6
     assert (tmp_path / "latent_cache" / "shapes.safetensors").exists()
+
+
+def test_item_rng_is_a_pure_function_of_seed_and_keys() -> None:
+    """latentkit.random.item_rng (the per-item stream plugins use) is numpy's SeedSequence of
+    [seed mod 2**32, *keys]: the same numbers in every process, independent across keys, and
+    the stream the built-in datasets always drew (so their items did not change)."""
+    from latentkit.data.base import item_rng as data_item_rng
+    from latentkit.random import item_rng
+
+    draw = item_rng(7, 3).random(4)
+    np.testing.assert_array_equal(draw, np.random.default_rng([7, 3]).random(4))
+    np.testing.assert_array_equal(item_rng(2**32 + 7, 3).random(4), draw)  # 32-bit seed
+    np.testing.assert_array_equal(data_item_rng(5, 1, 9).random(3), np.random.default_rng([5, 1, 9]).random(3))
+    assert not np.array_equal(item_rng(7, 4).random(4), draw)
+    assert not np.array_equal(item_rng(7, 0, 3).random(4), draw)  # a key more is another stream
+    with pytest.raises(ValueError, match="at least one key"):
+        item_rng(7)
+    with pytest.raises(ValueError, match="non-negative"):
+        item_rng(7, -1)

@@ -4,6 +4,10 @@ A sampler that draws noise for a whole batch from one generator gives item ``i``
 noise at batch size 1 and at batch size 4. latentkit accepts either one ``torch.Generator`` or
 one generator per item; with per-item generators, item ``i``'s noise is the same whatever the
 batch. :func:`generators_from_seed` makes such a list from one seed.
+
+Datasets need the same property across processes: item ``i`` must get the same random draws in
+every data-loader worker, every DDP rank and a resumed run. :func:`item_rng` gives each item
+its own NumPy stream, a function of the seed and the item's keys (e.g. epoch and index) only.
 """
 
 from __future__ import annotations
@@ -11,11 +15,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TypeAlias
 
+import numpy as np
 import torch
 
 from latentkit.errors import ShapeError
 
-__all__ = ["Generators", "generators_from_seed", "rand", "randn", "randn_like"]
+__all__ = ["Generators", "generators_from_seed", "item_rng", "rand", "randn", "randn_like"]
 
 #: One generator for the whole batch, one per item, or ``None`` for torch's global RNG.
 Generators: TypeAlias = "torch.Generator | Sequence[torch.Generator] | None"
@@ -24,6 +29,20 @@ Generators: TypeAlias = "torch.Generator | Sequence[torch.Generator] | None"
 def generators_from_seed(seed: int, batch_size: int, device: str | torch.device = "cpu") -> list[torch.Generator]:
     """One generator per item, item ``i`` seeded with ``seed + i``."""
     return [torch.Generator(device).manual_seed(int(seed) + i) for i in range(batch_size)]
+
+
+def item_rng(seed: int, *keys: int) -> np.random.Generator:
+    """The NumPy random stream of one dataset item: ``numpy.random.default_rng([seed, *keys])``
+    with ``seed`` reduced to 32 bits, e.g. ``item_rng(seed, index)`` or ``item_rng(seed,
+    epoch, index)``. A function of the numbers only (no global state), so every worker,
+    process and resumed run draws the same values for the same item; different keys give
+    independent streams (NumPy's ``SeedSequence``)."""
+    if not keys:
+        raise ValueError("item_rng: give at least one key after the seed (e.g. the item index)")
+    words = [int(k) for k in keys]
+    if any(k < 0 for k in words):
+        raise ValueError(f"item_rng: keys must be non-negative integers, got {list(keys)}")
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, *words])
 
 
 def _draw(fn, shape, generator, device, dtype):  # type: ignore[no-untyped-def]

@@ -1,10 +1,11 @@
 """Train a small text-to-video model on moving shapes (CPU, minutes) and print how often the
 generated shape moves in the prompted direction.
 
-    python plugins/latentkit-video/examples/train_moving_shapes.py --steps 800
+    python plugins/latentkit-video/examples/train_moving_shapes.py            # 2000 steps, ~13 min
 
 The model is composed from registered components only (``framewise`` identity autoencoder,
-``openclip_text`` tiny text tower, ``video_unet``, ``edm`` schedule) and trained with
+``openclip_text`` tiny text tower, frozen, ``video_unet`` with frame and position embeddings,
+``edm`` schedule at raised noise levels) and trained with
 latentkit's shared Trainer; adherence is measured by centroid tracking
 (:func:`latentkit_video.datasets.motion_direction`). Samples go to ``--out`` as
 ``samples.gif`` (one clip per direction), ``samples_filmstrip.png`` (all) and
@@ -17,12 +18,12 @@ import argparse
 
 import torch
 
-from latentkit_video.experiment import run
+from latentkit_video.experiment import DEFAULT_STEPS, run
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=800, help="optimizer steps")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="optimizer steps")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--per-direction", type=int, default=8, help="samples per direction")

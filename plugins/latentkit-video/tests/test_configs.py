@@ -28,3 +28,26 @@ def test_config_trains_one_step(name: str, tmp_path) -> None:
     assert torch.isfinite(torch.tensor(metrics["loss"]))
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert list((tmp_path / "checkpoints").iterdir())
+
+
+@pytest.mark.skipif(not CONFIGS.is_dir(), reason="needs the latentkit source tree's examples/")
+def test_text_to_video_config_is_the_measured_recipe() -> None:
+    """examples/configs/video_moving_shapes_text.toml builds the model, data and training of
+    latentkit_video.experiment.run (whose adherence docs/video.md reports): the same
+    parameters at seed 0, the same schedule, conditioner and data."""
+    from latentkit_video import experiment
+
+    config = load_config(CONFIGS / "video_moving_shapes_text.toml")
+    torch.manual_seed(0)
+    from_config = build_model(config)
+    recipe = experiment.build_model(0)
+    assert {k: v.shape for k, v in from_config.state_dict().items()} == {
+        k: v.shape for k, v in recipe.state_dict().items()}
+    assert from_config.denoiser.temporal_config == recipe.denoiser.temporal_config
+    assert repr(from_config.schedule) == repr(recipe.schedule)
+    assert not from_config.conditioner.trainable and from_config.conditioner.dropout == recipe.conditioner.dropout
+    dataset = build_dataset(config, from_config)
+    assert dataset.describe() == experiment.MovingShapesDataset(**experiment.DATA_CONFIG).describe()
+    t = config.training
+    assert (t.max_steps, t.batch_size, t.lr, t.lr_decay, t.min_lr_ratio, t.ema_decay) == (
+        experiment.DEFAULT_STEPS, 16, 1e-3, "cosine", 0.05, None)

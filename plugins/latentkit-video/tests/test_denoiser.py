@@ -223,3 +223,59 @@ def test_the_denoiser_couples_frames_and_its_temporal_layers_learn(trained_image
     (grad,) = torch.autograd.grad(video(x, t, cond)[0, :, 0].sum(), x)
     assert float(grad[0, :, 3].abs().sum()) > 1e-3 * float(grad[0, :, 0].abs().sum())
     assert float(grad[1].abs().sum()) == 0.0  # the other video of the batch is not seen
+
+
+def test_frame_and_position_embeddings_keep_the_identity_init(trained_image_unet) -> None:
+    video = VideoUNet.from_image_unet(trained_image_unet, temporal_head_channels=8, norm_groups=4,
+                                      frame_embedding=True, position_embedding=True).eval()
+    assert video.frame_embed is not None and video.position_proj is not None
+    x, t = torch.randn(2, 3, 4, 6, 7), torch.tensor([3.0, 700.0])  # 6x7: padded, cropped back
+    cond = latentkit.Conditioning(crossattn=torch.randn(2, 5, 6))
+    m = video.spatial_multiple
+    pad = (0, -7 % m, 0, -6 % m)
+    with torch.no_grad():
+        frames = [trained_image_unet(F.pad(x[:, :, i], pad), t, cond)[..., :6, :7] for i in range(4)]
+        torch.testing.assert_close(video(x, t, cond), torch.stack(frames, dim=2))
+
+
+def test_frame_embedding_lets_each_frame_depend_on_its_index_and_the_prompt() -> None:
+    """With the temporal layers left at identity, identical frames give identical outputs
+    unless the frame embedding is on; with it, the difference between frames depends on the
+    pooled prompt vector (frame x prompt, what "moving left" needs), and it learns from zero."""
+    config = {**VIDEO_UNET_TINY_CONFIG, "channel_mult": [1, 2], "crossattn_dim": 6, "vector_dim": 5}
+    torch.manual_seed(0)
+    video = latentkit.create("denoiser", "video_unet", **config, frame_embedding=True)
+    _perturb(video.image_unet, 8)  # a fresh UNet's zero-initialised ResBlock outputs ignore emb
+    frame = torch.randn(1, 4, 1, 4, 4)
+    x, t = frame.expand(2, -1, 5, -1, -1).contiguous(), torch.tensor([1.0, 1.0])
+    cond = latentkit.Conditioning(crossattn=torch.randn(1, 7, 6).expand(2, -1, -1), vector=torch.randn(2, 5))
+    out = video(x, t, cond)
+    out.square().mean().backward()
+    assert float(video.frame_embed[2].weight.grad.abs().sum()) > 0  # the zero layer gets a gradient
+    with torch.no_grad():
+        torch.testing.assert_close(out[:, :, 1:], out[:, :, :1].expand(-1, -1, 4, -1, -1))  # zero init
+        _perturb(video.frame_embed, 6)
+        out = video(x, t, cond)
+    change = out[:, :, 1:] - out[:, :, :1]  # frame f minus frame 0
+    assert float(change.abs().amax()) > 1e-3
+    assert float((change[0] - change[1]).abs().amax()) > 1e-4  # depends on the prompt vector
+
+
+def test_position_embedding_coordinates_and_gradient(trained_image_unet) -> None:
+    coords = VideoUNet._coordinates(3, 5, (4, 8), torch.zeros(1))
+    assert coords.shape == (1, 2, 4, 8)
+    torch.testing.assert_close(coords[0, 0, 0, :5], torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0]))
+    torch.testing.assert_close(coords[0, 1, :3, 0], torch.tensor([-1.0, 0.0, 1.0]))
+    assert float(coords[0, 0, 0, 7]) == 2.5 and float(coords[0, 1, 3, 0]) == 2.0  # padding continues
+    assert float(VideoUNet._coordinates(1, 1, (1, 1), torch.zeros(1)).abs().sum()) == 0.0  # one pixel
+    video = VideoUNet.from_image_unet(trained_image_unet, temporal_head_channels=8, norm_groups=4,
+                                      position_embedding=True)
+    x = torch.zeros(1, 3, 2, 8, 8)
+    cond = latentkit.Conditioning(crossattn=torch.randn(1, 5, 6))
+    video(x, torch.tensor([5.0]), cond).square().mean().backward()
+    assert float(video.position_proj.weight.grad.abs().sum()) > 0
+    with torch.no_grad():
+        before = video(x, torch.tensor([5.0]), cond)
+        video.position_proj.weight[:, 0] = 0.5  # the x coordinate only
+        after = video(x, torch.tensor([5.0]), cond)
+    assert float((after - before).abs().amax()) > 1e-4

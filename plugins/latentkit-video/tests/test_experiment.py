@@ -75,12 +75,18 @@ def test_caption_influence_sees_distinct_prompts_and_the_denoiser() -> None:
     assert caption_influence(model, ds, items=2)["sigma=8"] > 0.0
 
 
-def test_frozen_text_variants_freeze_only_the_text_tower() -> None:
-    for name in ("frozen_text", "temporal_all_frozen_text"):
-        variant = VARIANTS[name]
-        model = build_model(0, variant.get("denoiser"), variant.get("schedule"), variant.get("conditioner"))
-        assert model.conditioner is not None and not model.conditioner.trainable
-        assert all(p.requires_grad for p in model.denoiser.parameters())
+def test_the_recipe_freezes_only_the_text_tower_and_variants_build() -> None:
+    model = build_model(0)
+    assert model.conditioner is not None and not model.conditioner.trainable
+    assert all(p.requires_grad for p in model.denoiser.parameters())
+    assert model.denoiser.frame_embed is not None and model.denoiser.position_proj is not None
+    assert model.schedule.p_mean == 1.0
+    for name, variant in VARIANTS.items():  # every variant composes
+        built = build_model(0, variant.get("denoiser"), variant.get("schedule"), variant.get("conditioner"),
+                            variant.get("model"))
+        assert built.denoiser.temporal_config["frame_embedding"] == (name not in (
+            "no_frame_position", "video_ldm", "video_ldm_frozen_text", "video_ldm_temporal_text"))
+    assert build_model(0, **{"conditioner_overrides": VARIANTS["video_ldm"]["conditioner"]}).conditioner.trainable
 
 
 def test_the_command_line_writes_the_coherence_fields(tmp_path, capsys) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from latentkit import random
 from latentkit.interfaces import Dataset
 from latentkit.specs import DataSpec
 
@@ -17,8 +18,9 @@ __all__ = ["AugmentedDataset", "image_to_tensor", "item_rng"]
 
 def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     """The random stream of item ``index`` in ``epoch``: a function of the three numbers only,
-    so data-loader workers, processes and a resumed run all draw the same augmentations."""
-    return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch), int(index)])
+    so data-loader workers, processes and a resumed run all draw the same augmentations
+    (:func:`latentkit.random.item_rng` with the keys ``epoch, index``)."""
+    return random.item_rng(seed, epoch, index)
 
 
 def image_to_tensor(array: np.ndarray, value_range: Sequence[float] = (-1.0, 1.0)) -> torch.Tensor:

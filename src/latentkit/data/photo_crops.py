@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from latentkit.data.base import AugmentedDataset, image_to_tensor
+from latentkit.random import item_rng
 from latentkit.specs import DataSpec
 
 __all__ = ["DEFAULT_PHOTOS", "PhotoCropsDataset"]
@@ -81,7 +82,7 @@ class PhotoCropsDataset(AugmentedDataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = self._check_index(index)
-        rng = np.random.default_rng([self.seed & 0xFFFFFFFF, 0 if self.fixed else self.epoch, index])
+        rng = item_rng(self.seed, 0 if self.fixed else self.epoch, index)
         k = int(rng.choice(len(self.photos), p=self.weights))
         photo = self.photos[k]
         y = int(rng.integers(0, photo.shape[0] - self.size + 1))

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from latentkit.data.base import AugmentedDataset, image_to_tensor
+from latentkit.random import item_rng
 from latentkit.specs import DataSpec
 
 __all__ = ["COLORS", "PARTIAL_FORMS", "POSITIONS", "SHAPES", "ShapeDescription", "ShapesDataset", "caption_of", "describe_image"]
@@ -166,11 +167,11 @@ class ShapesDataset(AugmentedDataset):
         index = self._check_index(index)
         color, shape, position = self.attributes(index)
         # Items do not change with the epoch: the rng depends on (seed, index) only.
-        rng = np.random.default_rng([self.seed & 0xFFFFFFFF, 1, index])
+        rng = item_rng(self.seed, 1, index)
         image = image_to_tensor(self.render(color, shape, position, rng))
         caption = caption_of(color, shape, position)
         if self.partial_captions > 0:  # a separate stream: images do not depend on this option
-            pick = np.random.default_rng([self.seed & 0xFFFFFFFF, 2, index])
+            pick = item_rng(self.seed, 2, index)
             if pick.random() < self.partial_captions:
                 left_out = PARTIAL_FORMS[int(pick.integers(len(PARTIAL_FORMS)))]
                 caption = caption_of(None if left_out == "color" else color, None if left_out == "shape" else shape,

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from latentkit.interfaces import Dataset
+from latentkit.random import item_rng
 from latentkit.specs import DataSpec
 
 __all__ = [
@@ -123,7 +124,7 @@ class MovingShapesDataset(Dataset):
         if not -self.length <= index < self.length:
             raise IndexError(f"MovingShapesDataset index {index} out of range for {self.length} items")
         index %= self.length
-        rng = np.random.default_rng([self.seed & 0xFFFFFFFF, index])
+        rng = item_rng(self.seed, index)
         color = self.colors[rng.integers(len(self.colors))]
         shape = self.shapes[rng.integers(len(self.shapes))]
         d = int(rng.integers(len(self.directions)))
@@ -378,7 +379,7 @@ class VideoFolderDataset(Dataset):
         span = (self.frames - 1) * self.stride + 1
         start = 0
         if self.random_start and len(files) > span:
-            rng = np.random.default_rng([self.seed & 0xFFFFFFFF, self.epoch, index])
+            rng = item_rng(self.seed, self.epoch, index)
             start = int(rng.integers(0, len(files) - span + 1))
         mode = "RGB" if self.data_spec.channels == 3 else "L"
         frames = []

@@ -30,6 +30,20 @@ into the temporal layers as well, so the motion itself can depend on the prompt:
 
 Both sit inside the zero-initialised residual, so the identity initialisation holds.
 
+The spatial layers themselves run on each frame without knowing which frame it is, and, being
+convolutions, know where they are in the frame only through the zero padding. A prompt such as
+"moving left" asks every frame for a different position (the right side in frame 0, the left
+side in the last), so two more options (off by default, zero-initialised, so the identity
+initialisation holds with them too) give the spatial layers what that needs:
+
+* ``frame_embedding``: an MLP of the video's embedding (timestep plus ``vector``) and the
+  sinusoidal embedding of the frame index, added to the embedding each frame's ResBlocks
+  get, so a ResBlock can act differently on frame ``f`` of "moving left" than on frame ``f``
+  of "moving right" (in Video LDM every frame of a clip gets the same embedding);
+* ``position_embedding``: normalised pixel coordinates (CoordConv, Liu et al. 2018) through
+  a 1x1 convolution, added to the features after the image UNet's first block, so absolute
+  position is available everywhere rather than only near the border.
+
 Both work for any number of frames. The image backbone is any registered denoiser with the
 LDM UNet layout (``time_embed``, ``input_blocks``, ``middle_block``, ``output_blocks``,
 ``out``: latentkit's ``unet``), created through :func:`latentkit.create`.
@@ -250,6 +264,8 @@ class VideoUNet(Denoiser):
         norm_groups: int = 32,  # group norm groups of the temporal layers
         temporal_context: bool = False,  # cross-attention to crossattn in the temporal blocks
         temporal_embedding: bool = False,  # timestep (+ vector) embedding added to temporal tokens
+        frame_embedding: bool = False,  # per-frame embedding (frame index x video embedding) in the ResBlocks
+        position_embedding: bool = False,  # pixel coordinates added after the first block
     ) -> None:
         missing = [name for name in _UNET_PARTS if not hasattr(image_unet, name)]
         if missing or not isinstance(image_unet, Denoiser):
@@ -281,7 +297,8 @@ class VideoUNet(Denoiser):
             "temporal_conv": temporal_conv, "temporal_attention": temporal_attention,
             "temporal_resolutions": None if temporal_resolutions is None else list(temporal_resolutions),
             "norm_groups": norm_groups, "temporal_context": temporal_context,
-            "temporal_embedding": temporal_embedding,
+            "temporal_embedding": temporal_embedding, "frame_embedding": frame_embedding,
+            "position_embedding": position_embedding,
         }
         widths = self._block_widths()
         context_dim = spec.crossattn_dim if temporal_context else None
@@ -296,6 +313,17 @@ class VideoUNet(Denoiser):
                                  attention=temporal_attention, depth=temporal_depth, norm_groups=groups,
                                  context_dim=context_dim, emb_dim=emb_dim)
 
+        unet: Any = image_unet
+        embed_dim = self._embedding_dim()
+        # frame_embedding: (video embedding, sinusoidal frame index) -> per-frame addition
+        self.frame_embed = (
+            nn.Sequential(nn.Linear(embed_dim + unet.model_channels, embed_dim), nn.SiLU(),
+                          zero_module(nn.Linear(embed_dim, embed_dim)))
+            if frame_embedding else None
+        )
+        # position_embedding: (x, y) in [-1, 1] -> the first block's channels
+        self.position_proj = (zero_module(nn.Conv2d(2, widths["input"][0][0], 1))
+                              if position_embedding else None)
         self.temporal_input = nn.ModuleList([make(*cd) for cd in widths["input"]])
         self.temporal_middle = make(*widths["middle"][0])
         self.temporal_output = nn.ModuleList([make(*cd) for cd in widths["output"]])
@@ -363,6 +391,15 @@ class VideoUNet(Denoiser):
                   emb: torch.Tensor | None) -> torch.Tensor:
         return layer(h, frames, context, emb) if isinstance(layer, TemporalLayer) else h
 
+    @staticmethod
+    def _coordinates(height: int, width: int, padded: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+        """(1, 2, H', W'): x and y of every pixel, -1 at the first and +1 at the last pixel of
+        the unpadded ``height`` x ``width`` frame (padding continues the line)."""
+        def axis(n: int, size: int) -> torch.Tensor:
+            return (torch.arange(size, device=like.device, dtype=like.dtype) * 2 - (n - 1)) / max(n - 1, 1)
+        ys, xs = torch.meshgrid(axis(height, int(padded[0])), axis(width, int(padded[1])), indexing="ij")
+        return torch.stack([xs, ys])[None]
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None) -> torch.Tensor:
         """(B, out_channels, T, H, W), (B,), Conditioning -> (B, out_channels, T, H, W)."""
         h, t, cond = self.prepare_input(x, t, cond)
@@ -383,13 +420,21 @@ class VideoUNet(Denoiser):
         # per-video conditioning of the temporal layers (None when the option is off)
         t_emb = emb if self.temporal_config["temporal_embedding"] else None
         t_ctx = cond.crossattn if self.temporal_config["temporal_context"] else None
-        emb = emb.repeat_interleave(frames, dim=0)  # (B T, E)
+        if self.frame_embed is not None:
+            index = timestep_embedding(torch.arange(frames, device=h.device), unet.model_channels).to(dtype)
+            pairs = torch.cat([emb[:, None].expand(-1, frames, -1), index[None].expand(b, -1, -1)], dim=-1)
+            emb = (emb[:, None] + self.frame_embed(pairs)).flatten(0, 1)  # (B T, E)
+        else:
+            emb = emb.repeat_interleave(frames, dim=0)  # (B T, E)
         context = cond.crossattn
         if context is not None:
             context = context.repeat_interleave(frames, dim=0)  # (B T, L, D)
         skips = []
-        for block, temporal in zip(unet.input_blocks, self.temporal_input):
-            h = self._temporal(temporal, block(h, emb, context), frames, t_ctx, t_emb)
+        for i, (block, temporal) in enumerate(zip(unet.input_blocks, self.temporal_input)):
+            h = block(h, emb, context)
+            if i == 0 and self.position_proj is not None:
+                h = h + self.position_proj(self._coordinates(height, width, h.shape[-2:], h))
+            h = self._temporal(temporal, h, frames, t_ctx, t_emb)
             skips.append(h)
         h = self._temporal(self.temporal_middle, unet.middle_block(h, emb, context), frames, t_ctx, t_emb)
         for block, temporal in zip(unet.output_blocks, self.temporal_output):
@@ -427,6 +472,8 @@ def video_unet(
     temporal_resolutions: Sequence[int] | None = None,  # e.g. [2]: temporal layers at f = 2 only
     temporal_context: bool = False,  # cross-attention to the crossattn context in temporal blocks
     temporal_embedding: bool = False,  # timestep (+ vector) embedding added to the temporal tokens
+    frame_embedding: bool = False,  # per-frame embedding of (frame index, video embedding) in the ResBlocks
+    position_embedding: bool = False,  # pixel coordinates added to the first block's features
 ) -> VideoUNet:
     """Create a :class:`VideoUNet` around a freshly created image denoiser
     (``latentkit.create("denoiser", image_denoiser, layout="CHW", ...)``).
@@ -458,4 +505,5 @@ def video_unet(
         temporal_conv=temporal_conv, temporal_attention=temporal_attention,
         temporal_resolutions=temporal_resolutions, norm_groups=groups,
         temporal_context=temporal_context, temporal_embedding=temporal_embedding,
+        frame_embedding=frame_embedding, position_embedding=position_embedding,
     )

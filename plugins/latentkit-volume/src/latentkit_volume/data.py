@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from latentkit.interfaces import Dataset
+from latentkit.random import item_rng
 from latentkit.specs import DataSpec
 
 from latentkit_volume.primitives import PRIMITIVES, grid_coordinates, primitive_sdf, random_rotation
@@ -112,7 +113,7 @@ class PrimitivesDataset(Dataset):
         if not -n <= index < n:
             raise IndexError(f"PrimitivesDataset index {index} out of range for {n} items")
         index %= n
-        rng = np.random.default_rng([self.seed & 0xFFFFFFFF, index])
+        rng = item_rng(self.seed, index)
         shape = self.shapes[index % len(self.shapes)]
         size = float(rng.uniform(*self.size_range))
         half = self.resolution / 2.0

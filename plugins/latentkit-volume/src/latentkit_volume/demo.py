@@ -27,6 +27,7 @@ from typing import Any
 import attrs
 import latentkit
 import torch
+from latentkit.random import generators_from_seed
 
 from latentkit_volume.mesh import (
     is_watertight,
@@ -177,7 +178,7 @@ def sample_primitives(
     for start in range(0, len(labels), batch_size):
         chunk = labels[start:start + batch_size]
         batch = _prompt_batch(model, shapes, chunk)
-        gens = [torch.Generator(device=model.device).manual_seed(seed + start + i) for i in range(len(chunk))]
+        gens = generators_from_seed(seed + start, len(chunk), model.device)
         out.append(model.sample(batch, sampler=sampler, steps=steps, guidance_scale=guidance_scale,
                                 generator=gens).cpu())
     return torch.cat(out), [shapes[i] for i in labels.tolist()]

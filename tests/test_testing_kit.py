@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
+import attrs
 import pytest
 import torch
 import torch.nn.functional as F
@@ -96,6 +97,51 @@ class TinyAutoencoder(Autoencoder):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.check_latent(z))
+
+
+@attrs.frozen
+class CausalTimeSpec(LatentSpec):
+    """CTHW latents whose time axis keeps the first frame alone: T_latent = 1 + (T - 1) / f_t
+    (as causal video tokenizers do); height and width divide by their factors."""
+
+    def latent_size(self, data_spatial: Sequence[int]) -> tuple[int, ...]:
+        size = tuple(int(s) for s in data_spatial)
+        ft = self.downsampling[0]
+        if len(size) != 3 or size[0] < 1 or (size[0] - 1) % ft:
+            raise ShapeError(f"expected (1 + {ft} k, H, W) frames, got data size {size}")
+        space = LatentSpec(channels=self.channels, downsampling=self.downsampling[1:])
+        return (1 + (size[0] - 1) // ft, *space.latent_size(size[1:]))
+
+    def data_size(self, latent_spatial: Sequence[int]) -> tuple[int, ...]:
+        t, h, w = (int(s) for s in latent_spatial)
+        ft, fh, fw = self.downsampling
+        return (1 + (t - 1) * ft, h * fh, w * fw)
+
+
+class TinyCausalAutoencoder(Autoencoder):
+    """CTHW KL autoencoder with factors (2, 2, 2) and a causal time axis: the first frame is
+    padded in front (replicated) so that it is encoded alone, and decode drops that copy."""
+
+    supported_layouts = ("CTHW",)
+
+    def __init__(self) -> None:
+        super().__init__(DataSpec(channels=2, layout="CTHW"),
+                         CausalTimeSpec(channels=2, layout="CTHW", downsampling=2, scaling_factor=0.5))
+        self.encoder = nn.Conv3d(2, 4, 2, stride=2)
+        self.decoder = nn.ConvTranspose3d(2, 2, 2, stride=2)
+
+    def check_data(self, x: Any) -> torch.Tensor:
+        x = check_tensor(x, name="data", owner="TinyCausalAutoencoder.encode", channels=2,
+                         layouts=("CTHW",), size_multiple=(1, 2, 2))
+        self._latent_spec.latent_size(x.shape[2:])  # the 1 + 2 k frame rule
+        return x
+
+    def encode(self, x: torch.Tensor) -> DiagonalGaussianDistribution:
+        x = self.check_data(x)
+        return DiagonalGaussianDistribution(self.encoder(torch.cat([x[:, :, :1], x], dim=2)))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.check_latent(z))[:, :, 1:]
 
 
 class TinyLabelConditioner(Conditioner):
@@ -335,6 +381,37 @@ class FloatScaleAutoencoder(TinyAutoencoder):
         return z / self.scale
 
 
+class LenientAutoencoder(TinyAutoencoder):
+    """Checks channels and rank but not the size: odd sizes are silently floored."""
+
+    def check_data(self, x: Any) -> torch.Tensor:
+        return check_tensor(x, name="data", owner="LenientAutoencoder.encode", channels=3, layouts=("CHW",))
+
+
+class LenientCausalAutoencoder(TinyCausalAutoencoder):
+    """Checks the spatial factors but not the 1 + 2 k frame rule: an even T is floored."""
+
+    def check_data(self, x: Any) -> torch.Tensor:
+        return check_tensor(x, name="data", owner="LenientCausalAutoencoder.encode", channels=2,
+                            layouts=("CTHW",), size_multiple=(1, 2, 2))
+
+
+@attrs.frozen
+class ForgetfulCausalSpec(CausalTimeSpec):
+    """data_size forgets the first frame (T = f t): latent_size refuses what it gives."""
+
+    def data_size(self, latent_spatial: Sequence[int]) -> tuple[int, ...]:
+        return tuple(int(s) * f for s, f in zip(latent_spatial, self.downsampling))
+
+
+class ForgetfulSpecAutoencoder(TinyCausalAutoencoder):
+    """A causal autoencoder whose spec's data_size does not invert its latent_size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._latent_spec = ForgetfulCausalSpec(channels=2, layout="CTHW", downsampling=2, scaling_factor=0.5)
+
+
 class WrongNullConditioner(TinyLabelConditioner):
     """The null conditioning has a single-item batch."""
 
@@ -439,6 +516,7 @@ CORRECT = [
     TinyDenoiser(layout="CL", crossattn_dim=None, in_channels=2),
     TinyDenoiser(vector_dim=None),
     TinyAutoencoder(),
+    TinyCausalAutoencoder(),
     TinyLabelConditioner(),
     TinyMaskConditioner(),
     EulerSampler(),
@@ -467,6 +545,9 @@ BROKEN: list[tuple[Callable[[], Any], str, bool]] = [
     (CroppingAutoencoder, "check_autoencoder_output_shapes", False),
     (FloatScaleAutoencoder, "check_autoencoder_state_dict_round_trip", False),
     (FloatScaleAutoencoder, "check_autoencoder_normalization", False),
+    (LenientAutoencoder, "check_autoencoder_indivisible_size", True),
+    (LenientCausalAutoencoder, "check_autoencoder_indivisible_size", True),
+    (ForgetfulSpecAutoencoder, "check_autoencoder_declarations", False),
     (WrongNullConditioner, "check_conditioner_null", False),
     (GetKeyConditioner, "check_conditioner_missing_key", False),
     (BatchMixingConditioner, "check_conditioner_batch_independence", True),
@@ -519,6 +600,55 @@ def test_broken_component_fails_the_named_check(make: Callable[[], Any], check_n
     assert "contract:" in message and "found:" in message
     if only:
         assert set(failures) == {check_name}, f"unexpected extra failures: {failures}"
+
+
+def _recorded_encode_sizes(ae: Autoencoder, check_name: str) -> list[tuple[int, ...]]:
+    """The data sizes ``check_name`` passes to ``encode`` (recorded on the instance's class)."""
+    seen: list[tuple[int, ...]] = []
+    encode = type(ae).encode
+
+    def recording(self: Autoencoder, x: torch.Tensor) -> DiagonalGaussianDistribution:
+        seen.append(tuple(x.shape[2:]))
+        return encode(self, x)
+
+    ae.encode = recording.__get__(ae)  # type: ignore[method-assign]
+    dict(iter_checks(ae))[check_name](ae)
+    return seen
+
+
+def test_autoencoder_sizes_come_from_the_spec_size_rule() -> None:
+    # Multiples of the factors would give an even frame count, which the causal spec refuses.
+    sizes = _recorded_encode_sizes(TinyCausalAutoencoder(), "check_autoencoder_output_shapes")
+    assert sizes and all((t - 1) % 2 == 0 and h % 2 == 0 and w % 2 == 0 for t, h, w in sizes), sizes
+    assert any(t > 1 for t, _, _ in sizes), f"only single frames drawn: {sizes}"
+    # Plain specs still get seeded multiples of the factors, the same on every run.
+    plain = _recorded_encode_sizes(TinyAutoencoder(), "check_autoencoder_output_shapes")
+    assert plain == _recorded_encode_sizes(TinyAutoencoder(), "check_autoencoder_output_shapes")
+    assert all(s % 2 == 0 for size in plain for s in size), plain
+
+
+@pytest.mark.parametrize("make", [TinyAutoencoder, TinyCausalAutoencoder])
+def test_indivisible_size_check_feeds_a_size_the_spec_refuses(make: Callable[[], Autoencoder]) -> None:
+    ae = make()
+    [size] = _recorded_encode_sizes(ae, "check_autoencoder_indivisible_size")
+    with pytest.raises(ShapeError):
+        ae.latent_spec.latent_size(size)
+    if isinstance(ae, TinyCausalAutoencoder):
+        assert size[0] % 2 == 0, f"expected an even (invalid) frame count, got {size}"
+
+
+def test_indivisible_size_check_skips_when_the_spec_accepts_every_size() -> None:
+    @attrs.frozen
+    class PaddingSpec(LatentSpec):
+        """Data is padded up to a multiple of the factors: every size is valid."""
+
+        def latent_size(self, data_spatial: Sequence[int]) -> tuple[int, ...]:
+            return tuple(-(-int(s) // f) for s, f in zip(data_spatial, self.downsampling))
+
+    ae = TinyAutoencoder()
+    ae._latent_spec = PaddingSpec(channels=2, downsampling=2, scaling_factor=0.5)
+    note = dict(iter_checks(ae))["check_autoencoder_indivisible_size"](ae)
+    assert note and "accepts every size tried" in note
 
 
 def test_kind_runner_raises_naming_every_failed_check() -> None:

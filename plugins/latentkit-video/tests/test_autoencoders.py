@@ -77,6 +77,10 @@ def test_causal_shapes_follow_one_plus_f_k(ft: int) -> None:
         assert z.shape == (2, 4, 3, 2, 3) == spec.shape(2, spec.latent_size((frames, 8, 12)))
         assert ae.decode(z).shape == x.shape
     assert spec.data_size((3, 2, 3)) == (frames, 8, 12)
+    with pytest.raises(ShapeError, match=r"\(T, H, W\)"):
+        spec.latent_size((8, 12))
+    with pytest.raises(ShapeError, match="positive size"):
+        spec.data_size((0, 2, 3))
 
 
 def test_causal_is_causal_and_a_single_frame_is_an_image() -> None:

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from latentkit.composition import component_label
-from latentkit.errors import LatentkitError
+from latentkit.errors import LatentkitError, ShapeError
 from latentkit.interfaces import Autoencoder, Conditioner, Denoiser, Sampler, Schedule
 from latentkit.plugins import ComponentInfo, get_plugin_manager, list_components
 from latentkit.random import generators_from_seed
@@ -683,9 +683,50 @@ def check_denoiser_inputs_used(den: Denoiser) -> str | None:
 # =========================================================================== autoencoders
 
 
+def _ae_spec(ae: Autoencoder) -> LatentSpec:
+    return ae._latent_spec if hasattr(ae, "_latent_spec") else ae.latent_spec
+
+
 def _ae_sizes(ae: Autoencoder, seed: int, count: int = 2, min_size: int = 1) -> list[tuple[int, ...]]:
-    spec = ae._latent_spec if hasattr(ae, "_latent_spec") else ae.latent_spec
-    return _sizes(seed, spec.spatial_ndim, spec.downsampling, count=count, min_size=min_size)
+    """``count`` seeded valid data sizes, each at least ``min_size`` per axis.
+
+    Latent sizes are drawn (as tiny as :func:`_sizes` keeps data of plain factors) and mapped
+    through ``latent_spec.data_size``, so a spec subclass with its own size rule (a causal
+    video time axis with ``T = 1 + f k`` frames, say) decides which data sizes are valid.
+    A latent axis whose data size falls below ``min_size`` grows by one until it does not.
+    """
+    spec = _ae_spec(ae)
+    factors = spec.downsampling
+    out: list[tuple[int, ...]] = []
+    for drawn in _sizes(seed, spec.spatial_ndim, factors, count=count, min_size=min_size):
+        latent = [s // f for s, f in zip(drawn, factors)]  # the draws of _sizes, in latent units
+        data = _data_size(spec, latent)
+        grown = 0
+        while any(d < min_size for d in data):
+            if grown == 64:
+                raise _fail(f"{type(spec).__name__}.data_size({tuple(latent)}) = {data}: data "
+                            f"sizes do not grow to {min_size} per axis with the latent size")
+            latent = [k + (d < min_size) for k, d in zip(latent, data)]
+            data = _data_size(spec, latent)
+            grown += 1
+        out.append(data)
+    return out
+
+
+def _data_size(spec: LatentSpec, latent: Sequence[int]) -> tuple[int, ...]:
+    """``spec.data_size(latent)``, checked to be a valid size that encodes back to ``latent``."""
+    latent = tuple(latent)
+    data = tuple(int(s) for s in spec.data_size(latent))
+    what = f"{type(spec).__name__}.data_size({latent}) = {data}"
+    if len(data) != len(latent) or any(s < 1 for s in data):
+        raise _fail(f"{what}, expected {len(latent)} positive sizes")
+    try:
+        back = tuple(spec.latent_size(data))
+    except ValueError as exc:
+        raise _fail(f"{what}, which latent_size refuses: {exc}") from None
+    if back != latent:
+        raise _fail(f"{what}, but latent_size({data}) = {back}: data_size must invert latent_size")
+    return data
 
 
 def _ae_data(ae: Autoencoder, batch: int, spatial: Sequence[int], seed: int) -> torch.Tensor:
@@ -700,9 +741,10 @@ def _ae_latent(ae: Autoencoder, batch: int, data_spatial: Sequence[int], seed: i
 
 
 @_register("autoencoder", "data_spec and latent_spec are specs of the same layout, the layout "
-           "is in supported_layouts, and the latent factors are buffers")
+           "is in supported_layouts, the latent factors are buffers, and latent_spec.data_size "
+           "gives valid data sizes that latent_spec.latent_size maps back")
 def check_autoencoder_declarations(ae: Autoencoder) -> str | None:
-    """Specs, layout and the normalisation buffers."""
+    """Specs, layout, the normalisation buffers and the spec's size rule."""
     if not isinstance(ae.data_spec, DataSpec) or not isinstance(ae.latent_spec, LatentSpec):
         raise _fail(f"data_spec/latent_spec are {type(ae.data_spec).__name__}/"
                     f"{type(ae.latent_spec).__name__}, expected DataSpec/LatentSpec")
@@ -714,11 +756,12 @@ def check_autoencoder_declarations(ae: Autoencoder) -> str | None:
     missing = [k for k in ("scaling_factor", "shift_factor") if k not in keys]
     if missing:
         raise _fail(f"{missing} missing from state_dict (they must be buffers)")
+    _ae_sizes(ae, 100, count=3)  # raises naming data_size and latent_size when they disagree
     return None
 
 
 @_register("autoencoder", "encode(x) returns a LatentDistribution whose mode() and sample() "
-           "are latent_spec-shaped (spatial size divided by the downsampling factors), and "
+           "are latent_spec-shaped (spatial size latent_spec.latent_size(data size)), and "
            "decode(encode(x).mode()) is shaped and typed like x, for random valid sizes")
 def check_autoencoder_output_shapes(ae: Autoencoder) -> str | None:
     """Encode/decode shapes and dtypes."""
@@ -888,10 +931,10 @@ def check_autoencoder_wrong_channels(ae: Autoencoder) -> str | None:
 @_register("autoencoder", "encode/decode refuse a tensor of the wrong rank with ShapeError "
            "(a ValueError) naming the found shape")
 def check_autoencoder_wrong_rank(ae: Autoencoder) -> str | None:
-    """One spatial axis too many."""
+    """One spatial axis too many (a valid data size plus one axis, so only the rank is wrong)."""
     spec = ae.latent_spec
-    f = max(spec.downsampling)
-    x = _randn(_wrong_rank_shape((ae.data_spec.layout,), ae.data_spec.channels, f), 181, _device_of(ae))
+    spatial = _ae_sizes(ae, 180, count=1)[0]
+    x = _randn((2, ae.data_spec.channels, *spatial, spatial[-1]), 181, _device_of(ae))
     z = _randn(_wrong_rank_shape((spec.layout,), spec.channels, 2), 182, _device_of(ae))
     with _mode(ae, False), torch.no_grad():
         _expect_shape_error(lambda: ae.encode(x), x.shape, "encode with the wrong rank")
@@ -899,18 +942,38 @@ def check_autoencoder_wrong_rank(ae: Autoencoder) -> str | None:
     return None
 
 
-@_register("autoencoder", "encode refuses a spatial size not divisible by the downsampling "
-           "factors with ShapeError (a ValueError) naming the found shape")
+@_register("autoencoder", "encode refuses a spatial size that latent_spec.latent_size refuses "
+           "(for plain specs: not divisible by the downsampling factors) with ShapeError "
+           "(a ValueError) naming the found shape")
 def check_autoencoder_indivisible_size(ae: Autoencoder) -> str | None:
-    """Data one pixel larger than a multiple of the factor."""
-    factors = ae.latent_spec.downsampling
-    if all(f == 1 for f in factors):
-        return "no downsampling: every size is valid"
-    spatial = tuple(f + 1 if f > 1 else 2 for f in factors)
+    """A valid data size, off by a few pixels on one axis, that the spec refuses."""
+    spec = _ae_spec(ae)
+    valid = _ae_sizes(ae, 190, count=1)[0]
+    spatial = _invalid_data_size(spec, valid)
+    if spatial is None:
+        if all(f == 1 for f in spec.downsampling):
+            return "no downsampling: every size is valid"
+        return (f"{type(spec).__name__}.latent_size accepts every size tried ({valid} plus less "
+                "than one factor on one axis): no invalid size to refuse")
     x = _randn((2, ae.data_spec.channels, *spatial), 191, _device_of(ae))
     with _mode(ae, False), torch.no_grad():
         _expect_shape_error(lambda: ae.encode(x), x.shape,
-                            f"encode with spatial size {spatial} and factors {factors}", also=[spatial])
+                            f"encode with spatial size {spatial}, which {type(spec).__name__}"
+                            f".latent_size refuses (factors {spec.downsampling})", also=[spatial])
+    return None
+
+
+def _invalid_data_size(spec: LatentSpec, valid: Sequence[int]) -> tuple[int, ...] | None:
+    """The first size ``spec.latent_size`` refuses with ShapeError among ``valid`` plus
+    ``1 .. f - 1`` (at least 1) on one axis of factor ``f``, axes in order; ``None`` when it
+    accepts them all."""
+    for axis, f in enumerate(spec.downsampling):
+        for offset in range(1, max(f, 2)):
+            size = tuple(s + offset * (i == axis) for i, s in enumerate(valid))
+            try:
+                spec.latent_size(size)
+            except ShapeError:
+                return size
     return None
 
 

@@ -48,9 +48,11 @@ class CausalLatentSpec(LatentSpec):
 
     def latent_size(self, data_spatial: Sequence[int]) -> tuple[int, ...]:
         """Latent (T', h, w) for data (T, H, W); raises ShapeError naming valid sizes."""
+        if len(data_spatial) != 3:
+            raise ShapeError(f"causal video latents need a data size (T, H, W), got {tuple(data_spatial)}")
         t, *rest = (int(s) for s in data_spatial)
         ft = self.downsampling[0]
-        if len(data_spatial) != 3 or t < 1 or (t - 1) % ft:
+        if t < 1 or (t - 1) % ft:
             near = sorted({1 + ft * max(0, (t - 1) // ft), 1 + ft * (max(0, (t - 1) // ft) + 1)})
             raise ShapeError(
                 f"causal video latents need T = 1 + {ft} k frames (first frame alone), got data "
@@ -61,6 +63,8 @@ class CausalLatentSpec(LatentSpec):
 
     def data_size(self, latent_spatial: Sequence[int]) -> tuple[int, ...]:
         """Data (T, H, W) decoded from a latent (T', h, w)."""
+        if len(latent_spatial) != 3 or any(int(s) < 1 for s in latent_spatial):
+            raise ShapeError(f"causal video latents have a positive size (T', h, w), got {tuple(latent_spatial)}")
         t, h, w = (int(s) for s in latent_spatial)
         ft, fh, fw = self.downsampling
         return (1 + (t - 1) * ft, h * fh, w * fw)
@@ -90,7 +94,8 @@ class CausalConv3d(nn.Module):
         kt, kh, kw = (kernel_size,) * 3 if isinstance(kernel_size, int) else tuple(kernel_size)
         self.time_pad = kt - 1
         self.space_pad = (kw // 2, kw // 2, kh // 2, kh // 2)
-        self.conv = nn.Conv3d(in_channels, out_channels, (kt, kh, kw), stride=stride)
+        st, sh, sw = (stride,) * 3 if isinstance(stride, int) else tuple(stride)
+        self.conv = nn.Conv3d(in_channels, out_channels, (kt, kh, kw), stride=(st, sh, sw))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, T, H, W) -> (B, C', T', H', W')."""

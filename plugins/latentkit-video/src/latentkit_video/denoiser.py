@@ -190,6 +190,7 @@ class TemporalAttention(nn.Module):
         elif context is not None:
             context = context.to(tokens.dtype)
         for block in self.blocks:
+            assert isinstance(block, nn.ModuleDict)
             tokens = tokens + self._attention(block, block["norm1"](tokens))
             if context is not None:
                 tokens = tokens + self._cross_attention(block, block["norm_ctx"](tokens), context)

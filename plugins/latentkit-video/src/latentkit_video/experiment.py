@@ -107,7 +107,7 @@ CONDITIONER_CONFIG: dict[str, Any] = {"model_name": "tiny", "outputs": ["crossat
 DEFAULT_STEPS = 2000
 
 #: Earlier setups, as overrides of the recipe above.
-_VIDEO_LDM = {  # Video LDM as published: no frame / position input, text tower trained along
+_VIDEO_LDM: dict[str, dict[str, Any]] = {  # Video LDM as published: no frame / position input, text tower trained along
     "conditioner": {"outputs": ["crossattn"], "trainable": True},
     "denoiser": {"frame_embedding": False, "position_embedding": False},
     "schedule": {"p_mean": -0.4},

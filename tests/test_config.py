@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -381,6 +382,164 @@ progress = false
     assert {"rec_loss", "kl_loss", "discriminator/disc_loss"} <= set(metrics)
     assert any(not torch.equal(a, b) for a, b in zip(disc_before, model.discriminator.parameters()))
     assert (tmp_path / "samples" / "step_00000001.png").exists()  # inputs next to reconstructions
+
+
+# ----------------------------------------------------------------------- [model] loss = "module:attr"
+
+CUSTOM_LOSS = """\
+[model]
+kind = "autoencoder"
+loss = "custom_losses:L1Loss"
+kl_weight = 1e-3
+
+[autoencoder]
+name = "kl"
+config = "f4"
+base_channels = 8
+channel_multipliers = [1, 2]
+num_res_blocks = 1
+norm_num_groups = 4
+latent_channels = 4
+
+[data]
+name = "shapes"
+size = 16
+length = 4
+
+[training]
+max_steps = 1
+batch_size = 2
+progress = false
+"""
+
+
+def test_autoencoder_config_with_a_loss_from_any_package_trains_and_reloads(tmp_path: Path, pm: PluginManager) -> None:
+    import custom_losses
+    from latentkit.cli import RUN_CONFIG, load_run
+
+    text = CUSTOM_LOSS + f"output_dir = {json.dumps(str(tmp_path))}\n"
+    cfg = loads_config(text, manager=pm)
+    assert cfg.model.loss == "custom_losses:L1Loss" and cfg.model.options == {"kl_weight": 1e-3}
+    model = build_model(cfg, manager=pm)
+    assert type(model) is custom_losses.L1Loss and model.kl_weight == 1e-3
+    assert type(model.autoencoder).__name__ == "KLAutoencoder"
+    dataset = build_dataset(cfg, model, manager=pm)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    metrics = Trainer(model, dataset, cfg.training, plugin_manager=pm).fit()
+    assert math.isfinite(metrics["loss"]) and {"l1", "kl"} <= set(metrics)
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # a run of it loads back (as `latentkit eval` / `sample` do) into the same loss model
+    (tmp_path / RUN_CONFIG).write_text(text)
+    reloaded, _ = load_run(tmp_path, ema=False)
+    assert type(reloaded) is custom_losses.L1Loss
+    for k, v in model.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[k], v.cpu())
+
+
+def test_loss_factory_function_takes_the_keywords_of_the_class_it_returns(pm: PluginManager) -> None:
+    import custom_losses
+
+    text = CUSTOM_LOSS.replace(":L1Loss", ":make_l1_loss").replace("kl_weight = 1e-3", "scale = 2.0")
+    model = build_model(loads_config(text, manager=pm), manager=pm)
+    assert type(model) is custom_losses.L1Loss and model.scale == 2.0
+    err = _error(text.replace("scale = 2.0", "scael = 2.0"), pm)
+    assert re.search(r"\[model\] unknown key 'scael' for make_l1_loss; allowed keys: kind, loss, "
+                     r"data_key, kl_weight, scale\. Did you mean 'scale'", str(err)), str(err)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "needle", "expect"),
+    [
+        ('loss = "custom_losses:L1Loss"', "loss = 3", "loss =",
+         r"\[model\] loss: expected a string 'module:attr' naming a training loss, got 3 \(int\)"),
+        ('loss = "custom_losses:L1Loss"', 'loss = "custom_losses.L1Loss"', "loss =",
+         r"\[model\] loss: expected an import path 'module:attr' .*got 'custom_losses\.L1Loss'"),
+        ('loss = "custom_losses:L1Loss"', 'loss = "custom_losses:"', "loss =", r"expected an import path"),
+        ('loss = "custom_losses:L1Loss"', 'loss = "no_such_package_lk.losses:L1Loss"', "loss =",
+         r"\[model\] loss: expected an importable module 'no_such_package_lk\.losses' .*"
+         r"importing it failed: No module named 'no_such_package_lk'"),
+        ('loss = "custom_losses:L1Loss"', 'loss = "custom_losses:L1Los"', "loss =",
+         r"\[model\] loss: expected 'custom_losses' to have an attribute 'L1Los' .*found none; its "
+         r"public callables: HalfGAN, L1Loss, .*plain_object\. Did you mean 'L1Loss'"),
+        ('loss = "custom_losses:L1Loss"', 'loss = "custom_losses:L1Loss.nope"', "loss =",
+         r"expected 'custom_losses:L1Loss' to have an attribute 'nope'"),
+        ('loss = "custom_losses:L1Loss"', 'loss = "custom_losses:NOT_CALLABLE"', "loss =",
+         r"expected 'custom_losses:NOT_CALLABLE' to be a class or function .*found 3 \(int\)"),
+        ('loss = "custom_losses:L1Loss"', 'loss = "custom_losses:NoAutoencoder"', "loss =",
+         r"expected 'custom_losses:NoAutoencoder' to take an 'autoencoder' keyword parameter.*"
+         r"its parameters: \(model: 'nn\.Module'\)"),
+        ('loss = "custom_losses:L1Loss"', 'loss = "custom_losses:NoLossMethod"', "loss =",
+         r"to have a loss\(batch\) method, which the Trainer calls every step"),
+        ('loss = "custom_losses:L1Loss"', 'loss = "custom_losses:NotAModule"', "loss =",
+         r"expected 'custom_losses:NotAModule' to be a torch\.nn\.Module subclass"),
+        ("kl_weight = 1e-3", "kl_weigth = 1e-3", "kl_weigth",
+         r"\[model\] unknown key 'kl_weigth' for L1Loss; allowed keys: kind, loss, data_key, kl_weight, "
+         r"scale\. Did you mean 'kl_weight'"),
+        ("kl_weight = 1e-3", 'kl_weight = "big"', "kl_weight", r"\[model\] kl_weight must be number, got 'big'"),
+        ("kl_weight = 1e-3", "autoencoder = 1", "autoencoder =", r"\[model\] unknown key 'autoencoder' for L1Loss"),
+    ],
+)
+def test_loss_errors_are_found_when_the_config_is_loaded(pm: PluginManager, old: str, new: str, needle: str,
+                                                         expect: str) -> None:
+    text = CUSTOM_LOSS.replace(old, new, 1)
+    err = _error(text, pm)
+    assert re.search(expect, str(err)), str(err)
+    assert err.section == "model" and err.line == _line_of(text, needle), (err.line, str(err))
+
+
+def test_a_loss_module_that_fails_to_import_is_a_config_error(tmp_path: Path, pm: PluginManager,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "lk_broken_loss.py").write_text('raise RuntimeError("boom at import")\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "lk_broken_loss", raising=False)
+    err = _error(CUSTOM_LOSS.replace("custom_losses:L1Loss", "lk_broken_loss:L1Loss"), pm)
+    assert "importing it failed: RuntimeError: boom at import" in str(err) and err.key == "loss"
+
+
+@pytest.mark.parametrize("kind", ["diffusion", "stable_diffusion"])
+def test_loss_is_only_valid_for_autoencoder_training(pm: PluginManager, kind: str) -> None:
+    text = VALID.replace('parameterization = "eps"', f'kind = "{kind}"\nloss = "custom_losses:L1Loss"')
+    err = _error(text, pm)
+    assert f"[model] loss is only valid with kind = 'autoencoder' (a training loss wrapping the autoencoder); " \
+           f"here kind = '{kind}'" in str(err)
+    assert err.line == _line_of(text, "loss =")
+    cfg = loads_config(VALID, manager=pm)
+    bad = attrs.evolve(cfg, model=attrs.evolve(cfg.model, loss="custom_losses:L1Loss"))
+    with pytest.raises(ConfigError, match=r"loss is only valid with kind = 'autoencoder'"):
+        build_model(bad, manager=pm)
+
+
+@pytest.mark.parametrize(
+    ("loss", "option", "expect"),
+    [
+        ("plain_object", "", r"expected 'custom_losses:plain_object' to build a torch\.nn\.Module .*found a value of type object"),
+        ("HalfGAN", "", r"HalfGAN has optimizer_names but no parameters_for; the Trainer needs both"),
+        ("NeedsTarget", "", r"expected NeedsTarget\.loss to accept the Trainer's call loss\(batch\); its "
+                            r"signature \(batch.*target.*\) does not: missing a required argument: 'target'"),
+        ("L1Loss", "scale = -1.0", r"\[model\] cannot create L1Loss \(loss = 'custom_losses:L1Loss'\): "
+                                   r"L1Loss: scale must be > 0, got -1\.0"),
+    ],
+)
+def test_a_built_loss_the_trainer_cannot_train_is_refused(pm: PluginManager, loss: str, option: str,
+                                                          expect: str) -> None:
+    text = CUSTOM_LOSS.replace(":L1Loss", f":{loss}").replace("kl_weight = 1e-3", option)
+    cfg = loads_config(text, path="exp.toml", manager=pm)  # what only the built object shows
+    with pytest.raises(ConfigError, match=expect) as info:
+        build_model(cfg, manager=pm)
+    needle = option.split(" ")[0] if option else "loss ="
+    assert info.value.line == _line_of(text, needle) and str(info.value).startswith("exp.toml:")
+
+
+def test_unchecked_loading_defers_the_import_to_build_model(pm: PluginManager) -> None:
+    text = CUSTOM_LOSS.replace("custom_losses:L1Loss", "no_such_package_lk:L1Loss")
+    cfg = loads_config(text, manager=pm, check_components=False)
+    assert cfg.model.loss == "no_such_package_lk:L1Loss"
+    with pytest.raises(ConfigError, match=r"\[model\] loss: expected an importable module") as info:
+        build_model(cfg, manager=pm)
+    assert info.value.line == _line_of(text, "loss =")
+    with pytest.raises(ConfigError, match=r"\[model\] loss: expected an import path 'module:attr'"):
+        loads_config(text.replace('"no_such_package_lk:L1Loss"', '"not a path"'), manager=pm,
+                     check_components=False)
 
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples" / "configs").glob("*.toml"))

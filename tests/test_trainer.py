@@ -14,6 +14,7 @@ from torch import nn
 
 import latentkit
 from latentkit.plugins import PluginManager
+from latentkit.specs import DataSpec
 from latentkit.training import (
     EMA,
     NonFiniteLossError,
@@ -349,6 +350,55 @@ def test_sample_grid_written_with_captions(tmp_path: Path) -> None:
     grid = Image.open(tmp_path / "samples" / "step_00000002.png")
     # 2 tiles upscaled to 64 px, side by side, caption band below: wider than tall, > 64 px.
     assert grid.size[0] > 2 * 64 and grid.size[1] > 64
+
+
+class ClipSampler(Sampler):
+    """Samples (N, 3, T, H, W) clips, out of range on purpose."""
+
+    def sample(self, batch: Any, *, steps: int = 1, seed: int | None = None) -> torch.Tensor:
+        n = len(batch["caption"]) if isinstance(batch, dict) else batch
+        return torch.rand(n, 3, 2, 8, 8, generator=torch.Generator().manual_seed(seed or 0)) * 4 - 2
+
+
+@pytest.mark.parametrize("writer_fails", [False, True])
+def test_training_samples_go_through_the_layout_owners_writer(tmp_path: Path, writer_fails: bool) -> None:
+    """sample_every hands CTHW samples (clamped to the value range) to the plugin answering
+    latentkit_write_samples for that layout; a writer that raises costs a warning and the
+    built-in grid, never the run."""
+    calls: list[dict[str, Any]] = []
+
+    class ClipWriter:
+        @latentkit.hookimpl
+        def latentkit_write_samples(self, samples: torch.Tensor, path: str, layout: str, captions: Any,
+                                    value_range: tuple[float, float]) -> list[Path] | None:
+            if layout != "CTHW":
+                return None
+            calls.append({"shape": tuple(samples.shape), "path": path, "captions": captions,
+                          "min": float(samples.min()), "max": float(samples.max())})
+            if writer_fails:
+                raise latentkit.LatentkitError("this writer does not write .png")
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_bytes(b"clips")
+            return [Path(path)]
+
+    pm = _pm()
+    pm.register(ClipWriter(), "clip-writer")
+    data = TinyData()
+    data.data_spec = DataSpec(channels=3, layout="CTHW")  # type: ignore[attr-defined]  # a video data set
+    trainer = Trainer(ClipSampler(), data, _cfg(tmp_path, max_steps=2, sample_every=2,
+                                                sample_prompts=["a", "b"]), plugin_manager=pm)
+    if writer_fails:
+        with pytest.warns(UserWarning, match="sample writer for layout CTHW failed"):
+            trainer.fit()
+    else:
+        trainer.fit()
+    out = tmp_path / "samples" / "step_00000002.png"
+    assert len(calls) == 1 and calls[0]["shape"] == (2, 3, 2, 8, 8) and calls[0]["path"] == str(out)
+    assert calls[0]["captions"] == ["a", "b"] and calls[0]["min"] >= -1.0 and calls[0]["max"] <= 1.0
+    if writer_fails:
+        assert out.read_bytes()[:4] == b"\x89PNG"  # the built-in grid took over
+    else:
+        assert out.read_bytes() == b"clips"
 
 
 def test_image_grid_draws_captions() -> None:

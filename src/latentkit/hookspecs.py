@@ -139,7 +139,9 @@ def latentkit_write_samples(
     captions: Sequence[str] | None,
     value_range: tuple[float, float],
 ) -> list[Path] | None:
-    """Write generated samples of ``layout`` to files; called by ``latentkit sample``.
+    """Write generated samples of ``layout`` to files; called by ``latentkit sample`` and, for
+    ``sample_every``, by the trainer (``path`` then is ``samples/step_<N>.png``; a writer that
+    raises there costs a warning and the built-in grid, not the run).
 
     ``samples`` is an (N, C, *spatial) float tensor on the CPU, clamped to ``value_range``
     (the autoencoder's ``data_spec.value_range``); ``layout`` is its data layout string

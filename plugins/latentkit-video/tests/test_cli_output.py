@@ -28,6 +28,9 @@ def video_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("video_cli")
     text = re.sub(r"(?m)^batch_size = \d+", "batch_size = 2", CONFIG.read_text())
     text = re.sub(r"(?m)^length = \d+", "length = 8", text)
+    # and the trainer's own samples at the step: through this plugin's writer too
+    text = text.replace("[training]\n", '[training]\nsample_every = 1\nsample_steps = 2\n'
+                        'sample_prompts = ["a red square moving left", "a red square moving up"]\n')
     (root / "tiny.toml").write_text(text)
     argv = ["train", str(root / "tiny.toml"), "--output", str(root / "run"), "--max-steps", "1", "--no-progress"]
     assert main(argv, out=io.StringIO()) == 0
@@ -69,6 +72,16 @@ def test_png_is_a_filmstrip_with_a_row_per_clip(video_run: Path, tmp_path: Path)
         assert strip.format == "PNG"
         assert strip.width >= frames * MIN_FRAME_PIXELS  # all frames of a clip in one row
         assert 2 * MIN_FRAME_PIXELS <= strip.height < 3 * MIN_FRAME_PIXELS + 100  # 2 clips, captioned
+
+
+def test_training_samples_are_a_filmstrip(video_run: Path) -> None:
+    """sample_every during `latentkit train` hands the clips to this plugin's writer: the
+    step's PNG holds every frame of each prompt's clip in a row, not a grid of 5-D tensors."""
+    frames = _data()["frames"]
+    with Image.open(video_run / "samples" / "step_00000001.png") as strip:
+        assert strip.format == "PNG"
+        assert strip.width >= frames * MIN_FRAME_PIXELS
+        assert 2 * MIN_FRAME_PIXELS <= strip.height < 3 * MIN_FRAME_PIXELS + 100  # 2 prompts, captioned
 
 
 def test_other_suffix_is_an_error_listing_the_formats(video_run: Path, tmp_path: Path,

@@ -11,7 +11,8 @@ A config file has one table per part::
     [schedule]
     name = "scaled_linear"
     [model]                  # optional: kind = "diffusion" (default) or "autoencoder"; other
-    parameterization = "eps" #  keys go to LatentDiffusion (or the autoencoder training loss)
+    parameterization = "eps" #  keys go to LatentDiffusion (or the autoencoder training loss:
+                             #  the core one, or loss = "module:attr" from any package)
     [data]                   # name = a registered dataset; cache_latents / cache_dir are ours
     name = "shapes"
     [training]               # the fields of TrainingConfig
@@ -25,6 +26,7 @@ allowed there.
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
 import os
 import re
@@ -324,6 +326,7 @@ class ModelConfig:
 
     kind: Literal["diffusion", "autoencoder", "stable_diffusion"] = "diffusion"
     options: dict[str, Any] = attrs.field(factory=dict)
+    loss: str | None = None  # kind = "autoencoder" only: "module:attr" of a training loss
 
 
 @attrs.frozen
@@ -448,7 +451,14 @@ def _parse(raw: Mapping[str, Any], text: str, where: str, manager: Any, check: b
         raise ConfigError(
             f"[model] kind must be 'diffusion', 'autoencoder' or 'stable_diffusion', got {kind!r}",
             section="model", key="kind")
-    model = ModelConfig(kind=kind, options=model_raw)
+    loss = model_raw.pop("loss", None)
+    if loss is not None:
+        if kind != "autoencoder":
+            raise ConfigError(_loss_kind_message(kind), section="model", key="loss")
+        _parse_loss_path(loss)
+        if check:
+            _check_loss_factory(loss, model_raw)
+    model = ModelConfig(kind=kind, options=model_raw, loss=loss)
 
     required = {"diffusion": ("autoencoder", "denoiser", "schedule", "data", "training"),
                 "autoencoder": ("autoencoder", "data", "training"),
@@ -569,6 +579,155 @@ def _check_component(kind: str, name: str, options: Mapping[str, Any], section: 
             )
 
 
+# ----------------------------------------------------------------------- training losses
+
+#: The attributes by which a model asks the Trainer for several optimizers (both or neither).
+_MULTI_OPTIMIZER = ("optimizer_names", "parameters_for")
+
+
+def _loss_kind_message(kind: str) -> str:
+    return (f"[model] loss is only valid with kind = 'autoencoder' (a training loss wrapping the "
+            f"autoencoder); here kind = {kind!r}. Remove loss, or set kind = \"autoencoder\"")
+
+
+def _loss_error(message: str) -> ConfigError:
+    return ConfigError(f"[model] loss: {message}", section="model", key="loss")
+
+
+def _parse_loss_path(spec: Any) -> tuple[str, str]:
+    """``(module, attr)`` of a ``loss = "module:attr"`` value (the entry-point form)."""
+    if not isinstance(spec, str):
+        raise _loss_error(f"expected a string 'module:attr' naming a training loss, got {spec!r} "
+                          f"({type(spec).__name__})")
+    module, sep, attr = spec.partition(":")
+    if not (sep and all(p.isidentifier() for p in module.split("."))
+            and all(p.isidentifier() for p in attr.split("."))):
+        raise _loss_error(f"expected an import path 'module:attr' (e.g. "
+                          f"'latentkit_volume.losses:VolumeAutoencoderLoss'), got {spec!r}")
+    return module, attr
+
+
+def _resolve_loss(spec: str) -> Callable[..., Any]:
+    """Import the training loss that ``loss = "module:attr"`` names; ConfigError when the
+    module cannot be imported, lacks the attribute, or the attribute is not callable."""
+    module_name, attr = _parse_loss_path(spec)
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as exc:  # a missing module, or any error while running it
+        cause = str(exc) if isinstance(exc, ImportError) else f"{type(exc).__name__}: {exc}"
+        raise _loss_error(f"expected an importable module {module_name!r} (from {spec!r}); "
+                          f"importing it failed: {cause}") from exc
+    where = module_name
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            names = getattr(obj, "__all__", None) if isinstance(obj, types.ModuleType) else None
+            names = list(names) if isinstance(names, (list, tuple)) else dir(obj)
+            public = sorted(n for n in names if not n.startswith("_") and callable(getattr(obj, n, None)))
+            shown = ", ".join(public[:12]) + (", ..." if len(public) > 12 else "")
+            raise _loss_error(f"expected {where!r} to have an attribute {part!r} (from {spec!r}), "
+                              f"found none; its public callables: {shown or '(none)'}."
+                              f"{_suggest(part, public)}")
+        obj = getattr(obj, part)
+        where = f"{where}:{part}" if where == module_name else f"{where}.{part}"
+    if not callable(obj):
+        raise _loss_error(f"expected {spec!r} to be a class or function called as "
+                          f"{attr}(autoencoder=..., **[model] keys), found {obj!r} "
+                          f"({type(obj).__name__})")
+    return typing.cast("Callable[..., Any]", obj)
+
+
+def _loss_parameters(factory: Callable[..., Any], spec: str) -> tuple[dict[str, Any], bool]:
+    """The keyword parameters of a loss factory (as :func:`_factory_parameters`), which must
+    include ``autoencoder``: ``build_model`` passes the built autoencoder under that name."""
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError) as exc:
+        raise _loss_error(f"cannot read the signature of {spec!r} ({exc}), so its autoencoder "
+                          "parameter and the [model] keys cannot be checked") from exc
+    param = sig.parameters.get("autoencoder")
+    if param is None or param.kind not in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                           inspect.Parameter.KEYWORD_ONLY):
+        found = ", ".join(str(p) for p in sig.parameters.values()) or "none"
+        raise _loss_error(f"expected {spec!r} to take an 'autoencoder' keyword parameter (it is "
+                          f"called as {spec.partition(':')[2]}(autoencoder=<the built autoencoder>, "
+                          f"**[model] keys)); its parameters: ({found})")
+    return _factory_parameters(factory)
+
+
+def _check_model_options(name: str, params: Mapping[str, Any], var_kw: bool, options: Mapping[str, Any],
+                         parts: Mapping[str, Any], fixed: str,
+                         error: Callable[[str, str], ConfigError]) -> None:
+    """Check the ``[model]`` keys against the parameters of the model's constructor ``name``
+    (``parts`` are filled in by ``build_model``; ``fixed`` are the keys read by the config)."""
+    for key, value in options.items():
+        if key in parts or (key not in params and not var_kw):
+            allowed = sorted(k for k in params if k not in parts)
+            raise error(
+                f"[model] unknown key {key!r} for {name}; allowed keys: "
+                f"{', '.join([fixed, *allowed])}.{_suggest(key, allowed)}", key)
+        if key in params and _matches(value, params[key]) is False:
+            raise error(f"[model] {key} must be {_type_name(params[key])}, got {value!r}", key)
+
+
+def _check_loss_factory(spec: str, options: Mapping[str, Any]) -> None:
+    """The load-time checks of ``loss = "module:attr"``: importable, callable with
+    ``autoencoder``, the other ``[model]`` keys fit its signature, and a class is a module
+    with ``loss`` (the rest of what the Trainer needs is checked on the built model)."""
+    factory = _resolve_loss(spec)
+    params, var_kw = _loss_parameters(factory, spec)
+    if inspect.isclass(factory):
+        from torch import nn
+
+        if not issubclass(factory, nn.Module):
+            raise _loss_error(f"expected {spec!r} to be a torch.nn.Module subclass (the Trainer moves, "
+                              f"checkpoints and optimizes the model as a module), found a class "
+                              f"based on {', '.join(b.__name__ for b in factory.__mro__[1:]) or 'nothing'}")
+        if not callable(getattr(factory, "loss", None)):
+            raise _loss_error(f"expected {spec!r} to have a loss(batch) method, which the Trainer "
+                              "calls every step (docs/training.md, 'The model protocol'); found none")
+    _check_model_options(getattr(factory, "__name__", spec), params, var_kw, options,
+                         {"autoencoder": None}, "kind, loss",
+                         lambda message, key: ConfigError(message, section="model", key=key))
+
+
+def _check_training_model(model: Any, spec: str, error: Callable[[str], ConfigError]) -> None:
+    """Refuse a built loss model that :class:`~latentkit.training.Trainer` cannot train: not
+    an ``nn.Module``, no ``loss(batch)`` callable the way the Trainer calls it, or half of
+    the several-optimizers protocol (``optimizer_names`` without ``parameters_for``)."""
+    from torch import nn
+
+    name = type(model).__name__
+    if not isinstance(model, nn.Module):
+        raise error(f"expected {spec!r} to build a torch.nn.Module (the Trainer moves, checkpoints "
+                    f"and optimizes the model as a module), found a value of type {name}")
+    declared = [a for a in _MULTI_OPTIMIZER if hasattr(model, a)]
+    if len(declared) == 1:
+        missing = next(a for a in _MULTI_OPTIMIZER if a not in declared)
+        raise error(f"{name} has {declared[0]} but no {missing}; the Trainer needs both for several "
+                    "optimizers (or neither for one)")
+    loss_fn = getattr(model, "loss", None)
+    if not callable(loss_fn):
+        raise error(f"expected {name} to have a loss(batch) method, which the Trainer calls every "
+                    "step (docs/training.md, 'The model protocol'); found none")
+    try:
+        sig = inspect.signature(loss_fn)
+    except (TypeError, ValueError) as exc:
+        raise error(f"cannot read the signature of {name}.loss ({exc}); the Trainer inspects it "
+                    "to pass global_step, generator and return_terms") from exc
+    # The keywords the Trainer passes on the first call (trainer.Trainer._loss_kwargs).
+    kwargs: dict[str, Any] = {k: None for k in ("global_step", "generator", "return_terms")
+                              if k in sig.parameters}
+    if len(declared) == 2:
+        kwargs["optimizer_idx"] = 0
+    try:
+        sig.bind(None, **kwargs)
+    except TypeError as exc:
+        shown = "".join(f", {k}=..." for k in kwargs)
+        shown_sig = sig.replace(return_annotation=inspect.Signature.empty)
+        raise error(f"expected {name}.loss to accept the Trainer's call loss(batch{shown}); its "
+                    f"signature {shown_sig} does not: {exc}") from exc
+
+
 # ----------------------------------------------------------------------- building
 
 
@@ -645,8 +804,12 @@ def build_model(config: ExperimentConfig, *, manager: Any = None) -> Any:
     the conditioner's output when the config leaves them out. ``kind = "autoencoder"``: the
     autoencoder wrapped in its training loss with discriminator
     (:class:`latentkit.autoencoders.losses.AutoencoderTrainingLoss`), the ``[model]`` keys
-    going to the loss.
+    going to the loss; with ``loss = "module:Name"``, ``Name(autoencoder=<the autoencoder>,
+    **[model] keys)`` instead, refused with a :class:`ConfigError` unless it is an
+    ``nn.Module`` the :class:`~latentkit.training.Trainer` can call ``loss(batch)`` on.
     """
+    if config.model.loss is not None and config.model.kind != "autoencoder":
+        raise config.error(_loss_kind_message(config.model.kind), "model", "loss")
     if config.model.kind == "stable_diffusion":
         # Fine-tuning a Stable Diffusion single-file checkpoint: the [model] keys (``path``,
         # ``prefer_ema``, ``prediction_type``, ...) go to ``load_stable_diffusion``.
@@ -658,6 +821,8 @@ def build_model(config: ExperimentConfig, *, manager: Any = None) -> Any:
         return _construct(config, load_stable_diffusion, {})
     assert config.autoencoder is not None
     autoencoder = _create_checked(config, "autoencoder", "autoencoder", config.autoencoder, manager)
+    if config.model.kind == "autoencoder" and config.model.loss is not None:
+        return _construct_loss(config, config.model.loss, autoencoder)
     if config.model.kind == "autoencoder":
         from latentkit.autoencoders.losses import AutoencoderTrainingLoss
 
@@ -686,16 +851,35 @@ def build_model(config: ExperimentConfig, *, manager: Any = None) -> Any:
 
 def _construct(config: ExperimentConfig, cls: Callable[..., Any], parts: dict[str, Any]) -> Any:
     params, var_kw = _factory_parameters(cls)
-    for key, value in config.model.options.items():
-        if key in parts or (key not in params and not var_kw):
-            allowed = sorted(k for k in params if k not in parts)
-            raise config.error(
-                f"[model] unknown key {key!r} for {getattr(cls, '__name__', cls)}; allowed keys: "
-                f"kind, {', '.join(allowed)}.{_suggest(key, allowed)}", "model", key)
-        if key in params and _matches(value, params[key]) is False:
-            raise config.error(f"[model] {key} must be {_type_name(params[key])}, got {value!r}", "model", key)
+    _check_model_options(str(getattr(cls, "__name__", cls)), params, var_kw, config.model.options,
+                         parts, "kind", lambda message, key: config.error(message, "model", key))
     kwargs = {k: v for k, v in parts.items() if k in params or var_kw}
     return cls(**kwargs, **config.model.options)
+
+
+def _construct_loss(config: ExperimentConfig, spec: str, autoencoder: Any) -> Any:
+    """``Name(autoencoder=autoencoder, **[model] keys)`` for ``loss = "module:Name"``,
+    checked as at load time and then against what the Trainer needs."""
+
+    def error(message: str, key: str = "loss") -> ConfigError:
+        return config.error(message if message.startswith("[model]") else f"[model] loss: {message}",
+                            "model", key)
+
+    try:
+        factory = _resolve_loss(spec)
+        params, var_kw = _loss_parameters(factory, spec)
+    except ConfigError as exc:
+        raise error(exc.message) from exc.__cause__
+    name = str(getattr(factory, "__name__", spec))
+    _check_model_options(name, params, var_kw, config.model.options, {"autoencoder": autoencoder},
+                         "kind, loss", error)
+    try:
+        model = factory(autoencoder=autoencoder, **config.model.options)
+    except (TypeError, ValueError) as exc:
+        bad = next((k for k in config.model.options if repr(k) in str(exc) or k in str(exc)), "loss")
+        raise error(f"[model] cannot create {name} (loss = {spec!r}): {exc}", bad) from exc
+    _check_training_model(model, spec, error)
+    return model
 
 
 def build_dataset(config: ExperimentConfig, model: Any = None, *, manager: Any = None) -> Any:

@@ -8,7 +8,8 @@ module ``latentkit.training.plugins`` (block it like any plugin to turn them off
 * ``metrics.csv`` — one row every ``log_every`` steps (and at the last step);
 * ``tensorboard/`` — the same scalars, when ``tensorboard = true`` and it is installed;
 * ``samples/step_<N>.png`` — a captioned grid every ``sample_every`` steps, drawn with the
-  EMA weights when EMA is on.
+  EMA weights when EMA is on (for a layout a plugin writes through ``latentkit_write_samples``,
+  that plugin's PNG: a filmstrip for video, projections for volumes).
 
 Only rank 0 logs and draws samples; EMA is updated on every rank.
 """
@@ -225,7 +226,12 @@ def draw_samples(trainer: Any) -> tuple[torch.Tensor, list[str] | None, tuple[fl
 
 def write_sample_grid(trainer: Any, path: str | Path) -> Path | None:
     """Draw :func:`draw_samples` (EMA weights when EMA is on, eval mode, training RNG left
-    untouched) and save them as a captioned PNG grid at ``path``."""
+    untouched) and save them at ``path`` (a ``.png``): through the plugin that owns the data
+    layout (``latentkit_write_samples``, e.g. a filmstrip for video or projections for
+    volumes), else as a captioned PNG grid. Returns the (first) file written.
+
+    A writer that fails (it refuses ``.png``, say) costs a warning and the grid, never the
+    training run."""
     model = trainer.model
     was_training = model.training
     ema_ctx = trainer.ema.applied(model) if trainer.ema is not None else contextlib.nullcontext()
@@ -240,4 +246,18 @@ def write_sample_grid(trainer: Any, path: str | Path) -> Path | None:
                   "reconstruct with; no sample grids are written")
         return None
     images, captions, value_range = drawn
-    return save_image_grid(images.float().cpu(), path, captions=captions, value_range=value_range)
+    images = images.float().cpu().clamp(*value_range)
+    spec = getattr(getattr(model, "autoencoder", None), "data_spec", None) or getattr(
+        trainer.dataset, "data_spec", None)
+    layout = getattr(spec, "layout", None)
+    if layout is not None:
+        try:
+            written = trainer.plugin_manager.hook.latentkit_write_samples(
+                samples=images, path=str(path), layout=layout, captions=captions, value_range=value_range)
+        except Exception as exc:  # a third party's writer must not end training
+            warn_once(f"the sample writer for layout {layout} failed ({type(exc).__name__}: {exc}); "
+                      "writing the built-in grid instead")
+            written = None
+        if written:
+            return Path(written[0])
+    return save_image_grid(images, path, captions=captions, value_range=value_range)

@@ -84,6 +84,38 @@ class TinyDenoiser(Denoiser):
         return self.conv_out(F.silu(self.body(h)))
 
 
+class PatchVideoDenoiser(Denoiser):
+    """Video-transformer-like CTHW denoiser with patch size (1, 2, 2): each frame's 2x2
+    patches are embedded, mixed over time, and un-patchified, so any frame count T works but
+    H and W must be even (``size_multiple=(1, 2, 2)``)."""
+
+    supported_layouts = ("CTHW",)
+
+    def __init__(self, in_channels: int = 3, out_channels: int = 2, crossattn_dim: int | None = 5,
+                 vector_dim: int | None = 4, hidden: int = 8) -> None:
+        super().__init__(in_channels=in_channels, out_channels=out_channels, layouts=("CTHW",),
+                         crossattn_dim=crossattn_dim, vector_dim=vector_dim, size_multiple=(1, 2, 2))
+        self.patch = nn.Conv3d(in_channels, hidden, (1, 2, 2), stride=(1, 2, 2))
+        self.time = nn.Linear(2, hidden)
+        self.ctx = nn.Linear(crossattn_dim, hidden) if crossattn_dim else None
+        self.vec = nn.Linear(vector_dim, hidden) if vector_dim else None
+        self.temporal = nn.Conv3d(hidden, hidden, (3, 1, 1), padding=(1, 0, 0))
+        self.unpatch = nn.ConvTranspose3d(hidden, out_channels, (1, 2, 2), stride=(1, 2, 2))
+        nn.init.zeros_(self.unpatch.weight)
+        nn.init.zeros_(self.unpatch.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None) -> torch.Tensor:
+        x, t, cond = self.prepare_input(x, t, cond)
+        emb = self.time(torch.stack([torch.sin(t / 100), torch.cos(t / 100)], dim=-1))
+        if self.ctx is not None:
+            emb = emb + self.ctx(cond.crossattn).mean(dim=1)
+        if self.vec is not None:
+            emb = emb + self.vec(cond.vector)
+        h = F.silu(self.patch(x) + emb[:, :, None, None, None])  # (B, hidden, T, H/2, W/2)
+        h = h + self.temporal(h)
+        return self.unpatch(F.silu(h))  # (B, out_channels, T, H, W)
+
+
 class TinyAutoencoder(Autoencoder):
     """KL autoencoder, 3 data channels, 2 latent channels, downsampling 2 (CHW)."""
 
@@ -340,6 +372,14 @@ class CroppingDenoiser(TinyDenoiser):
         return super().forward(x, t, cond)[..., :-1, :]
 
 
+class MisdeclaredMultipleDenoiser(PatchVideoDenoiser):
+    """Overwrites its valid declaration with two factors for three spatial axes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.size_multiple = (2, 2)
+
+
 class HiddenStateDenoiser(TinyDenoiser):
     """Keeps a random output bias as a plain attribute, outside the state_dict."""
 
@@ -515,6 +555,7 @@ CORRECT = [
     TinyDenoiser(),
     TinyDenoiser(layout="CL", crossattn_dim=None, in_channels=2),
     TinyDenoiser(vector_dim=None),
+    PatchVideoDenoiser(),
     TinyAutoencoder(),
     TinyCausalAutoencoder(),
     TinyLabelConditioner(),
@@ -542,6 +583,7 @@ BROKEN: list[tuple[Callable[[], Any], str, bool]] = [
     (UnusedParameterDenoiser, "check_denoiser_gradients", True),
     (TimeBlindDenoiser, "check_denoiser_inputs_used", False),
     (CroppingDenoiser, "check_denoiser_output_shapes", False),
+    (MisdeclaredMultipleDenoiser, "check_denoiser_declarations", False),
     (CroppingAutoencoder, "check_autoencoder_output_shapes", False),
     (FloatScaleAutoencoder, "check_autoencoder_state_dict_round_trip", False),
     (FloatScaleAutoencoder, "check_autoencoder_normalization", False),
@@ -649,6 +691,104 @@ def test_indivisible_size_check_skips_when_the_spec_accepts_every_size() -> None
     ae._latent_spec = PaddingSpec(channels=2, downsampling=2, scaling_factor=0.5)
     note = dict(iter_checks(ae))["check_autoencoder_indivisible_size"](ae)
     assert note and "accepts every size tried" in note
+
+
+# =========================================================================== per-axis size_multiple
+
+
+def _recorded_forward_sizes(den: Denoiser) -> list[tuple[int, ...]]:
+    """The spatial sizes every denoiser check passes to ``forward`` (deep copies included:
+    the recording wrapper is on a subclass, which copies keep)."""
+    seen: list[tuple[int, ...]] = []
+
+    class Recording(type(den)):  # type: ignore[misc]
+        def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None) -> torch.Tensor:
+            seen.append(tuple(x.shape[2:]))
+            return super().forward(x, t, cond)
+
+    den.__class__ = Recording
+    for _, check in iter_checks(den):
+        check(den)
+    return seen
+
+
+def test_per_axis_multiple_draws_any_frame_count_and_even_height_width() -> None:
+    sizes = _recorded_forward_sizes(PatchVideoDenoiser())
+    valid = [s for s in sizes if len(s) == 3]
+    assert valid and all(h % 2 == 0 and w % 2 == 0 for _, h, w in valid), valid
+    assert any(t % 2 for t, _, _ in valid), f"no odd frame count drawn: {valid}"
+
+
+def test_int_multiple_draws_are_unchanged_by_the_per_axis_form() -> None:
+    # The int declaration gives the seeded sizes of its all-axes tuple, axis by axis.
+    a, b = TinyDenoiser(), TinyDenoiser()
+    b.size_multiple = (2, 2)
+    assert _recorded_forward_sizes(a) == _recorded_forward_sizes(b)
+
+
+class DeclarationOnlyDenoiser(Denoiser):
+    """Only the declarations; these tests never run it."""
+
+    supported_layouts = tuple(LAYOUTS)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None) -> torch.Tensor:
+        raise AssertionError("a declaration test ran forward")
+
+
+def test_spatial_multiples_for_either_declaration() -> None:
+    den = TinyDenoiser()
+    assert den.size_multiple == 2 and isinstance(den.size_multiple, int)
+    assert den.spatial_multiples() == (2, 2) and den.spatial_multiples("CL") == (2,)
+    video = PatchVideoDenoiser()
+    assert video.size_multiple == (1, 2, 2) and video.spatial_multiples() == (1, 2, 2)
+    assert video.spatial_multiples("CDHW") == (1, 2, 2)
+    with pytest.raises(ShapeError, match=r"one factor per spatial axis \(2\), got 3"):
+        video.spatial_multiples("CHW")
+    listed = DeclarationOnlyDenoiser(in_channels=2, out_channels=2, layouts=("CHW",), size_multiple=[4, 1])
+    assert listed.size_multiple == (4, 1) and listed.spatial_multiples() == (4, 1)
+    mixed = DeclarationOnlyDenoiser(in_channels=2, out_channels=2, layouts=("CHW", "CTHW"), size_multiple=2)
+    assert mixed.spatial_multiples("CTHW") == (2, 2, 2)
+    with pytest.raises(ShapeError, match="pass layout= to pick one"):
+        mixed.spatial_multiples()
+
+
+@pytest.mark.parametrize(
+    ("layouts", "multiple", "error", "match"),
+    [
+        (("CTHW",), (2, 2), ShapeError, r"one factor per spatial axis \(3\), got 2: \(2, 2\)"),
+        (("CHW",), (1, 2, 2), ShapeError, r"one factor per spatial axis \(2\), got 3"),
+        (("CTHW",), (1, 0, 2), ValueError, r"size_multiple\[1\] must be a positive int, got 0"),
+        (("CTHW",), (1, -2, 2), ValueError, r"size_multiple\[1\] must be a positive int, got -2"),
+        (("CTHW",), (1, 2.0, 2), ValueError, r"size_multiple\[1\] must be a positive int, got float"),
+        (("CHW",), 0, ValueError, r"size_multiple must be a positive int, got 0"),
+        (("CHW",), True, ValueError, r"size_multiple must be a positive int, got True"),
+        (("CHW", "CTHW"), (2, 2), ShapeError, r"layouts of one spatial rank"),
+    ],
+)
+def test_bad_size_multiple_declarations_are_refused(layouts: tuple[str, ...], multiple: Any,
+                                                     error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        DeclarationOnlyDenoiser(in_channels=2, out_channels=2, layouts=layouts, size_multiple=multiple)
+
+
+def test_per_axis_multiple_is_enforced_on_forward() -> None:
+    den = PatchVideoDenoiser(in_channels=2, crossattn_dim=None, vector_dim=None).eval()
+    with torch.no_grad():
+        assert den(torch.randn(1, 2, 3, 4, 6), torch.ones(1)).shape == (1, 2, 3, 4, 6)
+        with pytest.raises(ShapeError, match=r"\(3, 5, 6\) must be divisible by \(1, 2, 2\)"):
+            den(torch.randn(1, 2, 3, 5, 6), torch.ones(1))
+
+
+def test_per_axis_multiple_samples_an_odd_frame_count() -> None:
+    from latentkit import LatentDiffusion
+
+    ae = latentkit.create("autoencoder", "identity", channels=2, layout="CTHW")
+    den = PatchVideoDenoiser(in_channels=2, crossattn_dim=None, vector_dim=None)
+    model = LatentDiffusion(ae, den)
+    out = model.sample(2, steps=2, seed=0, latent_size=(3, 4, 2))
+    assert out.shape == (2, 2, 3, 4, 2) and bool(torch.isfinite(out).all())
+    with pytest.raises(ShapeError, match="divisible by"):
+        model.sample(1, steps=2, seed=0, latent_size=(3, 3, 2))
 
 
 def test_kind_runner_raises_naming_every_failed_check() -> None:

@@ -8,6 +8,7 @@ All tensors are batch-first. Shapes in docstrings use the layout letters of
 from __future__ import annotations
 
 import abc
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -95,6 +96,51 @@ def check_tensor(
                 f"nearest valid sizes per axis: {nearest}"
             )
     return x
+
+
+def _positive_int(value: Any, owner: str, what: str) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"{owner}: {what} must be a positive int, got {value!r}")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise ValueError(
+            f"{owner}: {what} must be a positive int, got {type(value).__name__} {value!r}"
+        ) from None
+    if number < 1:
+        raise ValueError(f"{owner}: {what} must be a positive int, got {number}")
+    return number
+
+
+def _per_axis_multiples(size_multiple: Any, ndim: int, *, owner: str) -> tuple[int, ...]:
+    """``size_multiple`` (one int, or one int per axis) as ``ndim`` positive factors."""
+    if isinstance(size_multiple, Sequence) and not isinstance(size_multiple, str):
+        factors = tuple(
+            _positive_int(m, owner, f"size_multiple[{i}]") for i, m in enumerate(size_multiple)
+        )
+        if len(factors) != ndim:
+            raise ShapeError(
+                f"{owner}: size_multiple needs one factor per spatial axis ({ndim}), got "
+                f"{len(factors)}: {tuple(size_multiple)}"
+            )
+        return factors
+    return (_positive_int(size_multiple, owner, "size_multiple"),) * ndim
+
+
+def _size_multiple(
+    size_multiple: Any, layouts: Sequence[str], *, owner: str
+) -> int | tuple[int, ...]:
+    """Validate a denoiser's ``size_multiple`` against its layouts; an int stays an int and a
+    sequence becomes a tuple with one factor per spatial axis of the layouts' shared rank."""
+    if not (isinstance(size_multiple, Sequence) and not isinstance(size_multiple, str)):
+        return _positive_int(size_multiple, owner, "size_multiple")
+    ranks = sorted({spatial_ndim(layout) for layout in layouts})
+    if len(ranks) != 1:
+        raise ShapeError(
+            f"{owner}: a per-axis size_multiple {tuple(size_multiple)} needs layouts of one "
+            f"spatial rank, got layouts {tuple(layouts)} (ranks {ranks}); give one int instead"
+        )
+    return _per_axis_multiples(size_multiple, ranks[0], owner=owner)
 
 
 # --------------------------------------------------------------------------- distributions
@@ -275,8 +321,10 @@ class Denoiser(nn.Module, abc.ABC):
       ``in_channels = out_channels + conditioning_spec.concat_channels``.
     * ``conditioning_spec`` declares what it accepts: ``crossattn_dim`` (context width, or
       ``None`` for no cross-attention), ``concat_channels`` and ``vector_dim``.
-    * ``layouts`` lists the layouts it runs on; every spatial size must be a multiple of
-      ``size_multiple``.
+    * ``layouts`` lists the layouts it runs on (all of one spatial rank); every spatial size
+      must be a multiple of ``size_multiple``: one int for every axis, or a tuple with one
+      factor per spatial axis (``(1, 2, 2)`` on CTHW: any T, even H and W).
+      :meth:`spatial_multiples` gives the per-axis tuple for either form.
     """
 
     kind: ClassVar[str] = "denoiser"
@@ -292,7 +340,7 @@ class Denoiser(nn.Module, abc.ABC):
         layouts: Sequence[str],
         crossattn_dim: int | None = None,
         vector_dim: int | None = None,
-        size_multiple: int = 1,
+        size_multiple: int | Sequence[int] = 1,
     ) -> None:
         super().__init__()
         for layout in layouts:
@@ -305,12 +353,34 @@ class Denoiser(nn.Module, abc.ABC):
         self.in_channels = int(in_channels)
         self.out_channels = int(out_channels)
         self.layouts = tuple(layouts)
-        self.size_multiple = int(size_multiple)
+        #: Kept in the declared form: an int stays an int, a sequence becomes a tuple.
+        self.size_multiple: int | tuple[int, ...] = _size_multiple(
+            size_multiple, self.layouts, owner=type(self).__name__
+        )
         self.conditioning_spec = ConditioningSpec(
             crossattn_dim=crossattn_dim,
             concat_channels=self.in_channels - self.out_channels,
             vector_dim=vector_dim,
         )
+
+    def spatial_multiples(self, layout: str | None = None) -> tuple[int, ...]:
+        """``size_multiple`` as one factor per spatial axis: a spatial size is valid when
+        axis ``i`` is a multiple of entry ``i``. An int declaration is repeated over the
+        axes of ``layout`` (default: of ``layouts``, which then must share one rank).
+
+        Raises :class:`ShapeError` when ``layout``'s rank differs from the number of
+        declared factors, and ``ValueError`` when a factor is not a positive int."""
+        owner = type(self).__name__
+        if layout is not None:
+            ranks = {spatial_ndim(layout)}
+        else:
+            ranks = {spatial_ndim(name) for name in self.layouts}
+            if len(ranks) != 1:
+                raise ShapeError(
+                    f"{owner}.spatial_multiples: layouts {self.layouts} must share one spatial "
+                    f"rank, found ranks {sorted(ranks)}; pass layout= to pick one"
+                )
+        return _per_axis_multiples(self.size_multiple, ranks.pop(), owner=owner)
 
     @torch.compiler.disable
     def prepare_input(

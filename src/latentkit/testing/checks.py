@@ -456,15 +456,21 @@ def _denoiser_case(den: Denoiser, layout: str, spatial: Sequence[int], batch: in
     return x, t, cond
 
 
-def _denoiser_multiple(den: Denoiser) -> int:
-    return int(getattr(den, "size_multiple", 1) or 1)
+def _denoiser_multiples(den: Denoiser, layout: str) -> tuple[int, ...]:
+    """``den.spatial_multiples(layout)``, or all 1 when the declaration is unusable (which
+    check_denoiser_declarations reports, so that the other checks still run)."""
+    try:
+        return tuple(den.spatial_multiples(layout))
+    except (TypeError, ValueError):
+        return (1,) * LAYOUTS[layout]
 
 
 # =========================================================================== denoisers
 
 
 @_register("denoiser", "a denoiser declares layouts it can be built for, in_channels = "
-           "out_channels + concat channels, a ConditioningSpec and a positive size_multiple")
+           "out_channels + concat channels, a ConditioningSpec and a size_multiple that is one "
+           "positive int or one positive int per spatial axis")
 def check_denoiser_declarations(den: Denoiser) -> str | None:
     """Declared attributes are consistent with each other and with ``supported_layouts``."""
     layouts = _denoiser_layouts(den)
@@ -482,8 +488,12 @@ def check_denoiser_declarations(den: Denoiser) -> str | None:
         raise _fail(f"in_channels {den.in_channels} != out_channels {den.out_channels} + concat "
                     f"channels {spec.concat_channels}")
     m = getattr(den, "size_multiple", 1)
-    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-        raise _fail(f"size_multiple must be a positive int, got {m!r}")
+    for layout in layouts:
+        try:
+            den.spatial_multiples(layout)
+        except (TypeError, ValueError) as exc:
+            raise _fail(f"size_multiple {m!r} is not one positive int or {LAYOUTS[layout]} positive "
+                        f"ints (one per axis of {layout}): {exc}") from None
     return None
 
 
@@ -492,11 +502,10 @@ def check_denoiser_declarations(den: Denoiser) -> str | None:
            "cross-attention token count, in every declared layout")
 def check_denoiser_output_shapes(den: Denoiser) -> str | None:
     """Output shape and dtype for seeded random valid sizes in every layout."""
-    m = _denoiser_multiple(den)
     with _mode(den, False), torch.no_grad():
         for li, layout in enumerate(_denoiser_layouts(den)):
             ndim = LAYOUTS[layout]
-            for si, spatial in enumerate(_sizes(100 + li, ndim, (m,) * ndim)):
+            for si, spatial in enumerate(_sizes(100 + li, ndim, _denoiser_multiples(den, layout))):
                 batch = 1 + (li + si) % 3
                 x, t, cond = _denoiser_case(den, layout, spatial, batch, seed=li * 10 + si)
                 out = den(x, t, cond)
@@ -515,8 +524,7 @@ def check_denoiser_output_shapes(den: Denoiser) -> str | None:
 def check_denoiser_batch_independence(den: Denoiser) -> str | None:
     """Batch of 3 with different x, t and conditioning per item against each item alone."""
     layout = _denoiser_layouts(den)[0]
-    ndim, m = LAYOUTS[layout], _denoiser_multiple(den)
-    spatial = _sizes(200, ndim, (m,) * ndim, count=1, min_size=2)[0]
+    spatial = _sizes(200, LAYOUTS[layout], _denoiser_multiples(den, layout), count=1, min_size=2)[0]
     x, t, cond = _denoiser_case(den, layout, spatial, 3, seed=21)
     den = _live(den)
 
@@ -541,8 +549,7 @@ def check_denoiser_batch_independence(den: Denoiser) -> str | None:
 def check_denoiser_determinism(den: Denoiser) -> str | None:
     """Two eval-mode calls on the same input agree."""
     layout = _denoiser_layouts(den)[0]
-    ndim, m = LAYOUTS[layout], _denoiser_multiple(den)
-    spatial = _sizes(300, ndim, (m,) * ndim, count=1)[0]
+    spatial = _sizes(300, LAYOUTS[layout], _denoiser_multiples(den, layout), count=1)[0]
     x, t, cond = _denoiser_case(den, layout, spatial, 2, seed=31)
     den = _live(den)
     with _mode(den, False), torch.no_grad():
@@ -559,8 +566,7 @@ def check_denoiser_determinism(den: Denoiser) -> str | None:
 def check_denoiser_state_dict_round_trip(den: Denoiser) -> str | None:
     """state_dict round trip into a perturbed second instance."""
     layout = _denoiser_layouts(den)[0]
-    ndim, m = LAYOUTS[layout], _denoiser_multiple(den)
-    spatial = _sizes(400, ndim, (m,) * ndim, count=1)[0]
+    spatial = _sizes(400, LAYOUTS[layout], _denoiser_multiples(den, layout), count=1)[0]
     x, t, cond = _denoiser_case(den, layout, spatial, 2, seed=41)
     # Perturb the source too, so zero-initialised layers do not hide a missing entry.
     return _round_trip(den, lambda model: [model(x, t, cond)], prepare=lambda s: _perturb(s, seed=5))
@@ -576,8 +582,7 @@ def check_denoiser_gradients(den: Denoiser) -> str | None:
     _perturb(model, seed=3)
     model.zero_grad(set_to_none=True)
     layout = _denoiser_layouts(den)[0]
-    ndim, m = LAYOUTS[layout], _denoiser_multiple(den)
-    spatial = _sizes(500, ndim, (m,) * ndim, count=1, min_size=2)[0]
+    spatial = _sizes(500, LAYOUTS[layout], _denoiser_multiples(den, layout), count=1, min_size=2)[0]
     x, t, cond = _denoiser_case(model, layout, spatial, 2, seed=51)
     with _mode(model, True):
         out = model(x, t, cond)
@@ -586,10 +591,13 @@ def check_denoiser_gradients(den: Denoiser) -> str | None:
     return None
 
 
-def _wrong_rank_shape(layouts: Sequence[str], channels: int, m: int) -> tuple[int, ...]:
+def _wrong_rank_shape(layouts: Sequence[str], channels: int, m: int | Sequence[int]) -> tuple[int, ...]:
+    """A (B, C, *spatial) shape of a rank no layout has, each size a multiple of ``m`` (of
+    every factor when ``m`` has one per axis), so that only the rank is wrong."""
     ranks = {LAYOUTS[layout] + 2 for layout in layouts}
     rank = max(ranks) + 1 if max(ranks) + 1 <= 6 else min(ranks) - 1
-    return (2, channels, *([max(m, 2)] * (rank - 2)))
+    side = m if isinstance(m, int) else math.lcm(*m)
+    return (2, channels, *([max(side, 2)] * (rank - 2)))
 
 
 @_register("denoiser", "x with the wrong channel count raises ShapeError (a ValueError) "
@@ -597,8 +605,7 @@ def _wrong_rank_shape(layouts: Sequence[str], channels: int, m: int) -> tuple[in
 def check_denoiser_wrong_channels(den: Denoiser) -> str | None:
     """out_channels + 1 channels are refused with a clear message."""
     layout = _denoiser_layouts(den)[0]
-    ndim, m = LAYOUTS[layout], _denoiser_multiple(den)
-    spatial = (max(m, 2),) * ndim
+    spatial = tuple(max(m, 2) for m in _denoiser_multiples(den, layout))
     x, t, cond = _denoiser_case(den, layout, spatial, 2, seed=61)
     bad = _randn((2, den.out_channels + 1, *spatial), 62, x.device)
     with _mode(den, False), torch.no_grad():
@@ -610,7 +617,8 @@ def check_denoiser_wrong_channels(den: Denoiser) -> str | None:
            "naming the found shape")
 def check_denoiser_wrong_rank(den: Denoiser) -> str | None:
     """A tensor with one spatial axis too many (or too few) is refused."""
-    shape = _wrong_rank_shape(_denoiser_layouts(den), den.out_channels, _denoiser_multiple(den))
+    layouts = _denoiser_layouts(den)
+    shape = _wrong_rank_shape(layouts, den.out_channels, _denoiser_multiples(den, layouts[0]))
     x = _randn(shape, 71, _device_of(den))
     t = torch.full((2,), 10.0, device=x.device)
     # Spatial-free entries only: a concat entry would have to guess the wrong spatial rank.
@@ -630,8 +638,7 @@ def check_denoiser_wrong_rank(den: Denoiser) -> str | None:
 def check_denoiser_conditioning_widths(den: Denoiser) -> str | None:
     """Each conditioning entry with a wrong width (or present where none is accepted)."""
     layout = _denoiser_layouts(den)[0]
-    ndim, m = LAYOUTS[layout], _denoiser_multiple(den)
-    spatial = (max(m, 2),) * ndim
+    spatial = tuple(max(m, 2) for m in _denoiser_multiples(den, layout))
     x, t, good = _denoiser_case(den, layout, spatial, 2, seed=81, tokens=3)
     spec = den.conditioning_spec
     device = x.device
@@ -663,8 +670,7 @@ def check_denoiser_inputs_used(den: Denoiser) -> str | None:
     model = copy.deepcopy(den)
     _perturb(model, seed=4)
     layout = _denoiser_layouts(den)[0]
-    ndim, m = LAYOUTS[layout], _denoiser_multiple(den)
-    spatial = _sizes(600, ndim, (m,) * ndim, count=1, min_size=2)[0]
+    spatial = _sizes(600, LAYOUTS[layout], _denoiser_multiples(den, layout), count=1, min_size=2)[0]
     x, t, cond = _denoiser_case(model, layout, spatial, 2, seed=91, tokens=4)
     other = random_conditioning(den.conditioning_spec, 2, spatial, 92, tokens=4, device=x.device)
     with _mode(model, False), torch.no_grad():

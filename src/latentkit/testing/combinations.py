@@ -199,10 +199,9 @@ class BuiltComposition:
 
     def latent_size(self) -> tuple[int, ...]:
         """A small latent spatial size every part accepts: per axis the smallest multiple of
-        the denoiser's ``size_multiple`` that is at least 4."""
-        m = max(1, int(getattr(self.denoiser, "size_multiple", 1)))
-        side = m * math.ceil(4 / m)
-        return (side,) * self.autoencoder.latent_spec.spatial_ndim
+        that axis's factor in the denoiser's ``size_multiple`` that is at least 4."""
+        multiples = self.denoiser.spatial_multiples(self.autoencoder.latent_spec.layout)
+        return tuple(m * math.ceil(4 / m) for m in multiples)
 
 
 def _registered(pm: PluginManager, kind: str) -> list[ComponentInfo]:

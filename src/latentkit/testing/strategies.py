@@ -164,7 +164,8 @@ def latents(
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """A batch shaped by ``spec``: ``(B, channels, *spatial)`` with each spatial size between
-    ``min_size`` and ``max_size`` and a multiple of ``size_multiple``. Latents are standard
+    ``min_size`` and ``max_size`` and a multiple of ``size_multiple`` (one int for every axis,
+    or one per axis such as a denoiser's ``spatial_multiples()``). Latents are standard
     normal; data (a :class:`DataSpec`) is uniform over its value range."""
     spec_: LatentSpec | DataSpec = draw(_maybe(spec))
     b = draw(_maybe(batch_size))

@@ -182,7 +182,7 @@ class _WrappedDenoiser(Denoiser):
                                vector_dim=vector_dim, layout="CDHW", **config)
         Denoiser.__init__(self, in_channels=in_channels, out_channels=out_channels, layouts=("CDHW",),
                           crossattn_dim=crossattn_dim, vector_dim=vector_dim,
-                          size_multiple=int(net.size_multiple))
+                          size_multiple=net.size_multiple)  # an int or one per axis, as the core declares it
         self.net = net
         self.coord_channels = bool(coord_channels)
 

@@ -303,7 +303,8 @@ class VideoUNet(Denoiser):
         }
         widths = self._block_widths()
         context_dim = spec.crossattn_dim if temporal_context else None
-        emb_dim = self._embedding_dim() if temporal_embedding else None
+        embed_dim = self._embedding_dim()  # the width of the UNet's timestep embedding
+        emb_dim = embed_dim if temporal_embedding else None
         resolutions = None if temporal_resolutions is None else {int(r) for r in temporal_resolutions}
 
         def make(ch: int, ds: int) -> nn.Module:
@@ -315,7 +316,6 @@ class VideoUNet(Denoiser):
                                  context_dim=context_dim, emb_dim=emb_dim)
 
         unet: Any = image_unet
-        embed_dim = self._embedding_dim()
         # frame_embedding: (video embedding, sinusoidal frame index) -> per-frame addition
         self.frame_embed = (
             nn.Sequential(nn.Linear(embed_dim + unet.model_channels, embed_dim), nn.SiLU(),

@@ -104,7 +104,7 @@ def test_crash_during_rename_leaves_previous_checkpoint(tmp_path: Path, monkeypa
 
 def test_crash_while_writing_a_file_leaves_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _save(tmp_path, 1)
-    real = ck._write_synced
+    real = ck.write_synced
     calls = {"n": 0}
 
     def half_then_die(path: Path, data: bytes) -> None:
@@ -115,7 +115,7 @@ def test_crash_while_writing_a_file_leaves_previous_checkpoint(tmp_path: Path, m
             raise KeyboardInterrupt
         real(path, data)
 
-    monkeypatch.setattr(ck, "_write_synced", half_then_die)
+    monkeypatch.setattr(ck, "write_synced", half_then_die)
     with pytest.raises(KeyboardInterrupt):
         _save(tmp_path, 2)
     monkeypatch.undo()

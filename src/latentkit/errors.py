@@ -6,7 +6,9 @@ Every error says what was expected, what was found and, where it helps, what to 
 from __future__ import annotations
 
 __all__ = [
+    "CheckpointError",
     "CompositionError",
+    "ConfigError",
     "LatentkitError",
     "PluginError",
     "ShapeError",
@@ -42,3 +44,37 @@ class PluginError(LatentkitError):
 
 class UnknownComponentError(LatentkitError, LookupError):
     """``create`` or a query named a kind or component that is not registered."""
+
+
+class CheckpointError(LatentkitError, ValueError, RuntimeError):
+    """A checkpoint (a training checkpoint directory or a single-file checkpoint) is missing,
+    truncated, corrupt or unsafe to read; the message names the file and why.
+
+    One class for every checkpoint format. It is a ``ValueError`` (bad input, as the
+    single-file readers always raised) and a ``RuntimeError`` (as the training checkpoints
+    raised), so handlers written for either keep working.
+    """
+
+
+class ConfigError(LatentkitError, ValueError):
+    """An invalid config: the message names the file, the line, the key and what is allowed.
+
+    ``path``, ``line``, ``section`` and ``key`` are also attributes (``None`` when unknown).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        line: int | None = None,
+        section: str | None = None,
+        key: str | None = None,
+    ) -> None:
+        self.message = message
+        self.path = path
+        self.line = line
+        self.section = section
+        self.key = key
+        where = f"{path or '<config>'}:{line}" if line is not None else (path or "")
+        super().__init__(f"{where}: {message}" if where else message)

@@ -96,7 +96,7 @@ def cache_latents(
     fingerprint (:func:`cache_fingerprint`) matches is reused without encoding anything.
     Written atomically. Returns ``path``.
     """
-    from latentkit.training.checkpoint import atomic_write_bytes
+    from latentkit.fileio import atomic_write_bytes
 
     path = Path(path)
     fingerprint = cache_fingerprint(dataset, autoencoder, flip=flip, sample=sample, seed=seed)

@@ -19,7 +19,6 @@ import json
 import os
 import pickle
 import struct
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,18 +27,13 @@ from typing import Any
 import attrs
 import torch
 
-from latentkit.errors import LatentkitError
+from latentkit.errors import CheckpointError
+from latentkit.fileio import atomic_write
 
 __all__ = ["CheckpointError", "RawCheckpoint", "read_checkpoint", "write_checkpoint"]
 
 #: Suffixes read through safetensors; every other suffix goes through ``torch.load``.
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
-
-
-class CheckpointError(LatentkitError, ValueError):
-    """A checkpoint file that cannot be used: unreadable, truncated, unsafe (a pickle that
-    names code), or holding keys or shapes that do not make a known model. The message names
-    the file and, for key problems, the missing / unexpected / misshapen keys."""
 
 
 @attrs.frozen(eq=False)
@@ -187,20 +181,14 @@ def write_checkpoint(
     suffixes get ``{"state_dict": state, **metadata}`` through ``torch.save``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = _unshared({k: v.detach().to("cpu") for k, v in state.items()})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+
+    def write(tmp: Path) -> None:
         if _is_safetensors(path):
             from safetensors.torch import save_file
 
             save_file(tensors, tmp, metadata={str(k): str(v) for k, v in (metadata or {}).items()})
         else:
             torch.save({"state_dict": tensors, **dict(metadata or {})}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+
+    return atomic_write(path, write)

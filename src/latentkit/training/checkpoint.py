@@ -26,8 +26,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import uuid
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,18 +35,19 @@ import attrs
 import safetensors.torch
 import torch
 
-from latentkit.errors import LatentkitError
+from latentkit.errors import CheckpointError
+from latentkit.fileio import atomic_directory, move_aside_and_delete, remove_stale, write_synced
 
 __all__ = [
     "CheckpointError",
     "LoadedCheckpoint",
-    "atomic_write_bytes",
     "checkpoint_dirs",
     "from_json_state",
     "latest_checkpoint",
     "load_checkpoint",
     "load_weights",
     "prune_checkpoints",
+    "resolve_checkpoint",
     "save_checkpoint",
     "to_json_state",
 ]
@@ -58,11 +57,9 @@ MANIFEST = "state.json"
 MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
 STATE_TENSORS_FILE = "state.safetensors"
+#: The folder of a run directory that holds its checkpoints.
+RUN_CHECKPOINTS = "checkpoints"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
-
-
-class CheckpointError(LatentkitError, RuntimeError):
-    """A checkpoint is missing, truncated or corrupt (the message names the file and why)."""
 
 
 # ----------------------------------------------------------------------- serialisation
@@ -144,46 +141,6 @@ def _weights_for_safetensors(state: Mapping[str, torch.Tensor]) -> dict[str, tor
     return out
 
 
-# ----------------------------------------------------------------------- atomic writes
-
-
-def _fsync_dir(path: Path) -> None:
-    """fsync a directory so a rename inside it survives a power cut (no-op where unsupported)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temporary file in the same directory, fsync,
-    rename over ``path``, fsync of the directory. Readers see the old or the new file, never a
-    partial one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        _write_synced(tmp, data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -226,17 +183,13 @@ def save_checkpoint(
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    for stale in directory.glob(".tmp-step_*"):  # left by a crash during an earlier write
-        shutil.rmtree(stale, ignore_errors=True)
-    name = f"step_{int(step):08d}"
-    final = directory / name
-    tmp = directory / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    remove_stale(directory)  # left by a crash during an earlier write
+    final = directory / f"step_{int(step):08d}"
+    with atomic_directory(final) as tmp:
         files: dict[str, dict[str, Any]] = {}
 
         def put(filename: str, data: bytes) -> None:
-            _write_synced(tmp / filename, data)
+            write_synced(tmp / filename, data)
             files[filename] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
         put(MODEL_FILE, safetensors.torch.save(_weights_for_safetensors(model_state)))
@@ -253,19 +206,7 @@ def save_checkpoint(
             "state": json_state,
         }
         # The manifest is written last: a directory without it is never a valid checkpoint.
-        _write_synced(tmp / MANIFEST, json.dumps(manifest, indent=1, allow_nan=False).encode())
-        _fsync_dir(tmp)
-        if final.exists():
-            trash = directory / f".tmp-{name}-old-{uuid.uuid4().hex[:8]}"
-            os.rename(final, trash)
-            os.rename(tmp, final)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _fsync_dir(directory)
+        write_synced(tmp / MANIFEST, json.dumps(manifest, indent=1, allow_nan=False).encode())
     if keep_last is not None:
         prune_checkpoints(directory, keep_last)
     return final
@@ -284,15 +225,10 @@ def prune_checkpoints(directory: str | os.PathLike[str], keep_last: int) -> list
     for s, p in dirs:
         if p in kept or (oldest_kept is not None and s > oldest_kept):
             continue
-        # Rename first (atomic), so a crash mid-delete never leaves a half-deleted step_<N>
+        # Renamed first (atomic), so a crash mid-delete never leaves a half-deleted step_<N>
         # that looks like a checkpoint; the next save sweeps up the renamed remains.
-        trash = p.with_name(f".tmp-{p.name}-old-{uuid.uuid4().hex[:8]}")
-        try:
-            os.rename(p, trash)
-        except OSError:
-            continue
-        shutil.rmtree(trash, ignore_errors=True)
-        removed.append(p)
+        if move_aside_and_delete(p):
+            removed.append(p)
     return removed
 
 
@@ -399,13 +335,31 @@ def latest_checkpoint(
     return None
 
 
+def resolve_checkpoint(
+    path: str | os.PathLike[str], *, verify_hash: bool = True
+) -> LoadedCheckpoint:
+    """The checkpoint ``path`` names: one ``step_N`` checkpoint directory, or the newest intact
+    checkpoint of a ``checkpoints/`` folder or of a run directory (which holds one).
+
+    Raises :class:`CheckpointError` when nothing intact is there, naming what was looked at.
+    """
+    path = Path(path)
+    if (path / MANIFEST).exists():
+        return load_checkpoint(path, verify_hash=verify_hash)
+    folder = path / RUN_CHECKPOINTS if (path / RUN_CHECKPOINTS).is_dir() else path
+    ckpt = latest_checkpoint(folder, verify_hash=verify_hash)
+    if ckpt is None:
+        where = f"{path} (nor under {folder})" if folder != path else str(path)
+        raise CheckpointError(f"no intact checkpoint found under {where}: expected a step_N "
+                              f"checkpoint, a {RUN_CHECKPOINTS}/ folder of them or a run directory")
+    return ckpt
+
+
 def load_weights(
     path: str | os.PathLike[str], *, ema: bool = True, verify_hash: bool = True
 ) -> dict[str, torch.Tensor]:
-    """Model weights of a checkpoint directory (or of a ``checkpoints/`` folder: its newest
-    intact checkpoint); the EMA weights when present and ``ema`` is true."""
-    path = Path(path)
-    ckpt = load_checkpoint(path, verify_hash=verify_hash) if (path / MANIFEST).exists() else latest_checkpoint(path, verify_hash=verify_hash)
-    if ckpt is None:
-        raise CheckpointError(f"no intact checkpoint found under {path}")
+    """Model weights of a checkpoint (a ``step_N`` directory, a ``checkpoints/`` folder or a
+    run directory: its newest intact checkpoint, see :func:`resolve_checkpoint`); the EMA
+    weights when present and ``ema`` is true."""
+    ckpt = resolve_checkpoint(path, verify_hash=verify_hash)
     return ckpt.ema if (ema and ckpt.ema is not None) else ckpt.model

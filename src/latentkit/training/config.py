@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 import attrs
 
-from latentkit.errors import LatentkitError, UnknownComponentError
+from latentkit.errors import ConfigError, UnknownComponentError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -68,30 +68,6 @@ COMPONENT_SECTIONS: dict[str, str] = {
     "schedule": "schedule",
 }
 SECTIONS = ("autoencoder", "denoiser", "conditioner", "schedule", "model", "data", "training")
-
-
-class ConfigError(LatentkitError, ValueError):
-    """An invalid config: the message names the file, the line, the key and what is allowed.
-
-    ``path``, ``line``, ``section`` and ``key`` are also attributes (``None`` when unknown).
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        path: str | None = None,
-        line: int | None = None,
-        section: str | None = None,
-        key: str | None = None,
-    ) -> None:
-        self.message = message
-        self.path = path
-        self.line = line
-        self.section = section
-        self.key = key
-        where = f"{path or '<config>'}:{line}" if line is not None else (path or "")
-        super().__init__(f"{where}: {message}" if where else message)
 
 
 # ----------------------------------------------------------------------- type checks
@@ -766,7 +742,8 @@ def _load_component_weights(config: ExperimentConfig, module: Any, weights: str,
     """
     import safetensors.torch
 
-    from latentkit.training.checkpoint import MANIFEST, CheckpointError, load_weights
+    from latentkit.errors import CheckpointError
+    from latentkit.training.checkpoint import MANIFEST, load_weights
 
     path = Path(weights)
     if not path.is_absolute() and config.path and Path(config.path).parent.joinpath(path).exists():

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from latentkit.training.checkpoint import atomic_write_bytes
+from latentkit.fileio import atomic_write_bytes
 
 __all__ = ["CSVLogger", "ProgressBar", "TensorBoardLogger", "make_image_grid", "save_image_grid"]
 

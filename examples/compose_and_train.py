@@ -20,7 +20,8 @@ import sys
 import torch
 
 import latentkit
-from latentkit.training import Trainer, TrainingConfig, save_image_grid
+from latentkit.samples import save_image_grid
+from latentkit.training import Trainer, TrainingConfig
 
 TINY = os.environ.get("LATENTKIT_EXAMPLE_TINY", "") == "1"
 

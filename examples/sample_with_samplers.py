@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
-from latentkit.cli import load_run
-from latentkit.training import load_weights, save_image_grid
+from latentkit.experiment import load_run
+from latentkit.samples import save_image_grid
+from latentkit.training import load_weights
 
 TINY = os.environ.get("LATENTKIT_EXAMPLE_TINY", "") == "1"
 run = sys.argv[1] if len(sys.argv) > 1 else "runs/example-digits"

@@ -424,3 +424,82 @@ def test_same_weights_same_outputs_as_diffusers() -> None:
     from_diffusers_state_dict(fresh, ref.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(fresh.encode(x).mean, ours.mean, rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------- atomic saving
+
+from pathlib import Path  # noqa: E402
+
+
+def _two_models_of_one_architecture() -> tuple[torch.nn.Module, torch.nn.Module]:
+    old, new = tiny("kl", layout="CHW"), tiny("kl", layout="CHW")
+    with torch.no_grad():
+        for p in new.parameters():
+            p.add_(0.5)  # so that the two saves are told apart
+    return old, new
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_save_interrupted_while_writing_weights_keeps_previous_save(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import latentkit.autoencoders.io as ae_io
+
+    old, new = _two_models_of_one_architecture()
+    directory = save_pretrained(old, tmp_path / "ckpt")
+    real_save_file = ae_io.save_file
+
+    def torn_save_file(tensors: dict[str, torch.Tensor], filename: str, **kwargs: object) -> None:
+        real_save_file(tensors, filename, **kwargs)  # type: ignore[arg-type]
+        size = Path(filename).stat().st_size
+        with open(filename, "r+b") as f:  # the disk fills up halfway through
+            f.truncate(size // 2)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ae_io, "save_file", torn_save_file)
+    with pytest.raises(OSError, match="No space left"):
+        save_pretrained(new, directory)
+    monkeypatch.undo()
+    assert sorted(p.name for p in directory.iterdir()) == ["config.json", "model.safetensors"]
+    assert _same_weights(load_pretrained(directory), old)
+
+
+def test_save_interrupted_while_writing_config_leaves_whole_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from latentkit.autoencoders.io import CONFIG_NAME, WEIGHTS_NAME
+
+    old, new = _two_models_of_one_architecture()
+    existing = save_pretrained(old, tmp_path / "existing")
+    real_write_bytes = Path.write_bytes
+
+    def torn_write_bytes(self: Path, data: bytes) -> int:
+        if CONFIG_NAME not in self.name:
+            return real_write_bytes(self, data)
+        real_write_bytes(self, data[: len(data) // 2])  # half of the JSON, then the crash
+        raise OSError(28, "No space left on device")
+
+    def torn_write_text(self: Path, data: str, *args: object, **kwargs: object) -> int:
+        return torn_write_bytes(self, data.encode())
+
+    monkeypatch.setattr(Path, "write_bytes", torn_write_bytes)
+    monkeypatch.setattr(Path, "write_text", torn_write_text)
+    with pytest.raises(OSError, match="No space left"):
+        save_pretrained(new, existing)
+    with pytest.raises(OSError, match="No space left"):
+        save_pretrained(new, tmp_path / "fresh")
+    monkeypatch.undo()
+
+    # the previous config is whole, next to whole weights: those of the new save, which
+    # are written first
+    assert sorted(p.name for p in existing.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+    assert _same_weights(load_pretrained(existing), new)
+    # a directory never has a config without its weights: the fresh one has no config yet
+    fresh = tmp_path / "fresh"
+    assert sorted(p.name for p in fresh.iterdir()) == [WEIGHTS_NAME]
+    with pytest.raises(FileNotFoundError, match=CONFIG_NAME):
+        load_pretrained(fresh)

@@ -16,7 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from latentkit.cli import build_parser, load_run, main
+from latentkit.cli import build_parser, main
+from latentkit.experiment import load_run
 from latentkit.training import load_weights
 
 TINY_TEXT_CONFIG = """
@@ -167,7 +168,7 @@ def test_eval_of_an_autoencoder_run(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def test_sample_a_stable_diffusion_single_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from latentkit.interop.stable_diffusion import write_random_checkpoint
+    from latentkit.testing.stable_diffusion import write_random_checkpoint
 
     ckpt = write_random_checkpoint(tmp_path / "tiny-sd.safetensors")
     out = tmp_path / "sd.png"

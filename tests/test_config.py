@@ -17,16 +17,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import latentkit.data
-from latentkit.plugins import PluginManager
-from latentkit.training import (
-    Trainer,
-    TrainingConfig,
+from latentkit.experiment import (
+    ConfigError,
     build_dataset,
     build_model,
+    find_line,
     load_config,
     loads_config,
 )
-from latentkit.training.config import ConfigError, find_line
+from latentkit.plugins import PluginManager
+from latentkit.training import Trainer, TrainingConfig
 
 VALID = """\
 # a tiny class-conditional pixel-space model
@@ -415,7 +415,7 @@ progress = false
 
 def test_autoencoder_config_with_a_loss_from_any_package_trains_and_reloads(tmp_path: Path, pm: PluginManager) -> None:
     import custom_losses
-    from latentkit.cli import RUN_CONFIG, load_run
+    from latentkit.experiment import RUN_CONFIG, load_run
 
     text = CUSTOM_LOSS + f"output_dir = {json.dumps(str(tmp_path))}\n"
     cfg = loads_config(text, manager=pm)

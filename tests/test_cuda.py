@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from latentkit.cli import main
-from latentkit.training import Trainer, build_dataset, build_model, load_weights, loads_config
+from latentkit.experiment import build_dataset, build_model, loads_config
+from latentkit.training import Trainer, load_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -303,7 +303,7 @@ def test_diffusion_trains_from_cached_latents(tmp_path: Path, pm: PluginManager)
 
 
 def test_config_cache_latents_builds_a_cache(tmp_path: Path, pm: PluginManager) -> None:
-    from latentkit.training import build_dataset, build_model, loads_config
+    from latentkit.experiment import build_dataset, build_model, loads_config
 
     text = f"""
 [autoencoder]

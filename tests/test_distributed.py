@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from latentkit.cli import load_run, main
+from latentkit.cli import main
+from latentkit.experiment import load_run
 from latentkit.training import load_weights
 from latentkit.training.checkpoint import checkpoint_dirs
 

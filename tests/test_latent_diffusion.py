@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import torch
 
+import latentkit
 from conftest import (
     CallCounter,
     EulerStandIn,
@@ -21,7 +22,9 @@ from conftest import (
 from latentkit import CompositionError, LatentDiffusion
 from latentkit.autoencoders.identity import IdentityAutoencoder
 from latentkit.diffusion import downsample_mask, get_parameterization
+from latentkit.errors import UnknownComponentError
 from latentkit.interfaces import Denoiser
+from latentkit.plugins import PluginManager, get_plugin_manager, reset_plugin_manager
 from latentkit.testing.gaussian import GaussianData
 
 EULER = EulerStandIn()
@@ -279,3 +282,61 @@ def test_super_resolution_and_inpainting_with_the_registered_concat_conditioner(
     mask[..., 4:, :] = 1.0
     out = model.inpaint(x, mask, sampler="euler", steps=2, seed=0, guidance_scale=2.0)
     torch.testing.assert_close(out[..., :4, :], model.reconstruct(x)[..., :4, :], atol=1e-5, rtol=1e-5)
+
+
+class _StepRecorder:
+    """An in-test plugin that records every ``latentkit_sampling_step`` it receives."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, int]] = []
+
+    @latentkit.hookimpl
+    def latentkit_sampling_step(self, info: dict[str, Any]) -> None:
+        self.steps.append((int(info["i"]), int(info["total"])))
+
+
+class _LocalParts:
+    """An in-test plugin with a sampler and a schedule that the process-wide manager lacks."""
+
+    @latentkit.hookimpl
+    def latentkit_register_samplers(self, registry: Any) -> None:
+        registry.add("test_local_euler", EulerStandIn, summary="Euler stand-in of one manager only")
+
+    @latentkit.hookimpl
+    def latentkit_register_schedules(self, registry: Any) -> None:
+        registry.add("test_local_loglinear", LogLinearSchedule, summary="log-linear stand-in")
+
+
+def test_a_model_samples_through_its_own_plugin_manager() -> None:
+    import copy
+
+    local, process_wide_recorder = _StepRecorder(), _StepRecorder()
+    manager = PluginManager(autoload=False)
+    manager.register(_LocalParts(), "local_parts")
+    manager.register(local, "local_recorder")
+    plain = _model()  # no manager: the process-wide one, looked up when needed
+    previous = get_plugin_manager()
+    process_wide = reset_plugin_manager(PluginManager(autoload=False))
+    try:
+        process_wide.register(process_wide_recorder, "process_wide_recorder")
+        with pytest.raises(UnknownComponentError):
+            process_wide.get("sampler", "test_local_euler")
+        model = _model(schedule="test_local_loglinear", plugin_manager=manager)
+        assert model.plugin_manager is manager and type(model.schedule) is LogLinearSchedule
+        out = model.sample(2, sampler="test_local_euler", steps=3, seed=0, latent_size=(4, 4))
+        assert out.shape == (2, 3, 8, 8) and torch.isfinite(out).all()
+        assert local.steps == [(0, 3), (1, 3), (2, 3)]
+        assert process_wide_recorder.steps == []
+        # kept out of the module tree and the state dict; copies share the manager
+        assert list(model.state_dict()) == list(plain.state_dict())
+        assert [name for name, _ in model.named_modules()] == [name for name, _ in plain.named_modules()]
+        assert copy.deepcopy(model).plugin_manager is manager
+        assert plain.plugin_manager is process_wide
+        plain.sample(2, sampler=EULER, steps=2, seed=0, latent_size=(4, 4))
+        assert process_wide_recorder.steps == [(0, 2), (1, 2)] and local.steps == [(0, 3), (1, 3), (2, 3)]
+        with pytest.raises(UnknownComponentError, match="test_local_euler"):
+            plain.sample(2, sampler="test_local_euler", steps=2, latent_size=(4, 4))
+        with pytest.raises(TypeError, match=r"plugin_manager must be a latentkit\.plugins\.PluginManager"):
+            _model(plugin_manager=object())
+    finally:
+        reset_plugin_manager(previous)

@@ -20,6 +20,7 @@ import latentkit
 from latentkit.cli import main
 from latentkit.data.shapes import COLORS, SHAPES, ShapesDataset
 from latentkit.evaluation import parse_prompt, prompt_adherence, reconstruction_metrics
+from latentkit.experiment import loads_config
 from latentkit.quickstart import (
     FAST_SETTINGS,
     HELD_OUT_PROMPTS,
@@ -28,7 +29,6 @@ from latentkit.quickstart import (
     diffusion_config,
     run_quickstart,
 )
-from latentkit.training import loads_config
 
 
 @pytest.mark.parametrize(

@@ -9,13 +9,9 @@ import pytest
 import torch
 
 from latentkit.cli import main
-from latentkit.interop.stable_diffusion import (
-    load_stable_diffusion,
-    save_stable_diffusion,
-    tiny_config,
-    write_random_checkpoint,
-)
-from latentkit.training.config import ConfigError, build_model, load_config
+from latentkit.experiment import ConfigError, build_model, load_config
+from latentkit.interop.stable_diffusion import load_stable_diffusion, save_stable_diffusion
+from latentkit.testing.stable_diffusion import tiny_config, write_random_checkpoint
 
 CONFIG = """
 [model]
@@ -75,7 +71,7 @@ def test_sample_img2img_and_inpainting_from_an_sd_file(tmp_path: Path, checkpoin
     import numpy as np
     from PIL import Image
 
-    from latentkit.cli import _read_image
+    from latentkit.samples import read_image
 
     pixels = np.zeros((32, 32, 3), np.uint8)
     pixels[8:24, 8:24] = [255, 0, 0]
@@ -83,7 +79,7 @@ def test_sample_img2img_and_inpainting_from_an_sd_file(tmp_path: Path, checkpoin
     mask = np.zeros((32, 32), np.uint8)
     mask[:, 16:] = 255
     Image.fromarray(mask).save(tmp_path / "mask.png")
-    image = _read_image(str(tmp_path / "init.png"), 3, None, (-1.0, 1.0))
+    image = read_image(str(tmp_path / "init.png"), 3, None, (-1.0, 1.0))
     assert image.shape == (3, 32, 32) and float(image[0, 16, 16]) == 1.0 and float(image[1, 0, 0]) == -1.0
 
     base = ["sample", "--checkpoint", str(checkpoint), "--prompt", "a red square", "--steps", "3",

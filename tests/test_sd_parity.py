@@ -30,10 +30,9 @@ from latentkit.interop.stable_diffusion import (
     load_stable_diffusion,
     released_config,
     text_conditioner,
-    tiny_config,
-    write_random_checkpoint,
 )
 from latentkit.specs import Conditioning
+from latentkit.testing.stable_diffusion import tiny_config, write_random_checkpoint
 
 diffusers = pytest.importorskip("diffusers")
 yaml = pytest.importorskip("yaml")

@@ -359,3 +359,29 @@ def test_layout_mismatch_raises_naming_both_layouts(channels: int, layout: str, 
     message = str(info.value)
     assert "ae_under_test" in message and "den_under_test" in message
     assert repr(layout) in message and all(lay in message for lay in den_layouts)
+
+
+# =========================================================================== batch keys
+
+
+@pytest.mark.parametrize(("layout", "key"), [("CHW", "image"), ("CTHW", "video"), ("CDHW", "volume"),
+                                             ("CL", "signal")])
+def test_the_data_key_of_a_layout_comes_from_one_table(layout: str, key: str) -> None:
+    from conftest import LogLinearSchedule, TinyDenoiser
+    from latentkit.interfaces import Dataset
+    from latentkit.specs import DATA_KEYS
+
+    assert set(DATA_KEYS) == set(LAYOUTS) and DATA_KEYS[layout] == key
+    assert DataSpec(channels=2, layout=layout).data_key == key
+    model = latentkit.LatentDiffusion(IdentityAutoencoder(2, layout), TinyDenoiser(2, 2, layout=layout),
+                                      schedule=LogLinearSchedule())
+    assert model.data_key == key
+
+    class Items(Dataset):
+        def __len__(self) -> int:
+            return 0
+
+        def __getitem__(self, index: int) -> dict[str, Any]:
+            raise IndexError(index)
+
+    assert Items(DataSpec(channels=2, layout=layout)).data_key == key

@@ -21,10 +21,9 @@ from latentkit.interop.stable_diffusion import (
     load_stable_diffusion,
     save_stable_diffusion,
     text_conditioner,
-    tiny_config,
     to_ldm_state_dict,
-    write_random_checkpoint,
 )
+from latentkit.testing.stable_diffusion import tiny_config, write_random_checkpoint
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

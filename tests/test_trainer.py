@@ -402,7 +402,7 @@ def test_training_samples_go_through_the_layout_owners_writer(tmp_path: Path, wr
 
 
 def test_image_grid_draws_captions() -> None:
-    from latentkit.training import make_image_grid
+    from latentkit.samples import make_image_grid
 
     images = torch.zeros(2, 3, 8, 8)
     plain = make_image_grid(images)

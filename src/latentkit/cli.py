@@ -116,7 +116,6 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
 
 # ----------------------------------------------------------------------- train / sample / eval
 
-RUN_CONFIG = "config.toml"  # the config a run was trained with, written by `latentkit train`
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 
 
@@ -126,15 +125,11 @@ def _is_main_rank() -> bool:
 
 def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
     """Train the model a TOML config describes; resumable, and DDP under ``torchrun``."""
-    import attrs
-
-    from latentkit.training import Trainer, build_dataset, build_model, load_config
-    from latentkit.training.checkpoint import latest_checkpoint
+    from latentkit.experiment import build_trainer, load_config, with_overrides
 
     path = Path(args.config)
     if not path.is_file():
         raise FileNotFoundError(2, "no such config file", str(path))
-    cfg = load_config(path)
     overrides: dict[str, Any] = {}
     if args.output is not None:
         overrides["output_dir"] = args.output
@@ -144,81 +139,31 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
         overrides["resume"] = args.resume
     if args.no_progress:
         overrides["progress"] = False
-    if overrides:
-        cfg = attrs.evolve(cfg, training=attrs.evolve(cfg.training, **overrides))
-    output = Path(cfg.training.output_dir)
+    trainer = build_trainer(with_overrides(load_config(path), overrides))
     main_rank = _is_main_rank()
-    found = latest_checkpoint(output / "checkpoints") if cfg.training.resume else None
+    if trainer.config.resume and trainer.resume():
+        if main_rank:
+            print(f"resuming from {trainer.last_checkpoint} (step {trainer.step})", file=out)
+    elif args.resume and main_rank:
+        print(f"no checkpoint under {trainer.checkpoint_dir}; starting from step 0", file=out)
     if main_rank:
-        if found is not None:
-            print(f"resuming from {found.path} (step {found.state['step']})", file=out)
-        elif args.resume:
-            print(f"no checkpoint under {output / 'checkpoints'}; starting from step 0", file=out)
-    import torch
-
-    torch.manual_seed(cfg.training.seed)  # the same config builds the same initial weights
-    model = build_model(cfg)
-    data = build_dataset(cfg, model)
-    trainer = Trainer(model, data, cfg.training)
-    if main_rank:
-        output.mkdir(parents=True, exist_ok=True)
-        note = "".join(f"# command-line override: [training] {k} = {v!r}\n" for k, v in overrides.items())
-        (output / RUN_CONFIG).write_text(f"# copied from {path.resolve()} by `latentkit train`\n{note}{cfg.text}")
-        size = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        print(f"training {type(model).__name__} ({size / 1e6:.2f}M trainable parameters) on "
-              f"{len(data)} items, {trainer.device}, world size {trainer.dist.world_size} -> {output}",
-              file=out)
+        size = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        print(f"training {type(trainer.model).__name__} ({size / 1e6:.2f}M trainable parameters) on "
+              f"{len(trainer.dataset)} items, {trainer.device}, world size {trainer.dist.world_size} -> "  # type: ignore[arg-type]
+              f"{trainer.output_dir}", file=out)
     try:
         metrics = trainer.fit()
     except KeyboardInterrupt:
         if main_rank:
-            last = trainer.last_checkpoint
-            print(f"interrupted at step {trainer.step}; last checkpoint: {last or 'none'}; continue with "
-                  f"`latentkit train {args.config} --resume`", file=sys.stderr)
+            print(f"interrupted at step {trainer.step}; last checkpoint: {trainer.last_checkpoint or 'none'}; "
+                  f"continue with `latentkit train {args.config} --resume`", file=sys.stderr)
         return 130
     if main_rank:
         shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k in ("loss", "lr", "grad_norm"))
         print(f"done: step {trainer.step} ({shown}); checkpoint {trainer.last_checkpoint}", file=out)
-        if hasattr(model, "sample"):
-            print(f"sample it: latentkit sample {output} --prompt '...' --out grid.png", file=out)
+        if hasattr(trainer.model, "sample"):
+            print(f"sample it: latentkit sample {trainer.output_dir} --prompt '...' --out grid.png", file=out)
     return 0
-
-
-def _find_run_config(path: Path) -> Path:
-    """The ``config.toml`` of the run that ``path`` (run, ``checkpoints/`` or ``step_N``) is in."""
-    for d in (path, *list(path.parents)[:3]):
-        if (d / RUN_CONFIG).is_file():
-            return d / RUN_CONFIG
-    raise FileNotFoundError(
-        2, f"no {RUN_CONFIG} next to this checkpoint or above it (runs written by `latentkit train` "
-        "or `latentkit quickstart` have one)", str(path))
-
-
-def load_run(path: str | os.PathLike[str], *, ema: bool = True, device: str = "cpu") -> tuple[Any, Any]:
-    """``(model, config)`` of a trained run: the model its ``config.toml`` describes, with the
-    weights of ``path`` (a run directory, its ``checkpoints/`` folder or one ``step_N``
-    checkpoint; the newest intact one, EMA weights unless ``ema=False``), in eval mode.
-
-    The components' ``weights_from`` are not followed: the checkpoint holds every weight.
-    """
-    import attrs
-
-    from latentkit.training import build_model, load_config, load_weights
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(2, "no such run or checkpoint", str(path))
-    config = load_config(_find_run_config(path))
-    parts = {
-        name: attrs.evolve(comp, weights_from=None)
-        for name in ("autoencoder", "denoiser", "conditioner", "schedule")
-        if (comp := getattr(config, name)) is not None
-    }
-    config = attrs.evolve(config, **parts)
-    model = build_model(config)
-    where = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    model.load_state_dict(load_weights(where, ema=ema))
-    return model.to(device).eval(), config
 
 
 def _device(name: str) -> str:
@@ -229,6 +174,8 @@ def _device(name: str) -> str:
 
 def _load_for_sampling(args: argparse.Namespace) -> tuple[Any, Any]:
     """(LatentDiffusion, run config or None) from a run or a single-file checkpoint."""
+    from latentkit.experiment import load_run
+
     target = args.checkpoint or args.run
     if target is None:
         raise ValueError("give a run directory (RUN) or --checkpoint FILE")
@@ -247,101 +194,34 @@ def _load_for_sampling(args: argparse.Namespace) -> tuple[Any, Any]:
     return model, config
 
 
-def _conditioning_batch(model: Any, args: argparse.Namespace) -> tuple[Any, list[str] | None]:
-    """The sampling batch and tile captions for --prompt / --label / --num."""
-    import torch
+def _draw(model: Any, config: Any, args: argparse.Namespace, prompts: list[str] | None = None) -> Any:
+    """The samples ``latentkit sample`` / ``eval`` asked for, through the sampling pipeline."""
+    from latentkit.experiment import create_dataset
+    from latentkit.samples import conditioning_batch, draw, latent_size, read_image
 
-    keys = tuple(getattr(model.conditioner, "input_keys", ()) or ()) if model.conditioner is not None else ()
-    n = args.num
-    if args.prompt:
-        if keys and "caption" not in keys:
-            raise ValueError(f"--prompt needs a text-conditioned model; this one reads {list(keys)} "
-                             "(use --label for class labels)")
-        prompts = [p for p in args.prompt for _ in range(n)]
-        return {"caption": prompts}, prompts
-    if args.label:
-        if "label" not in keys:
-            raise ValueError(f"--label needs a class-conditioned model; this one reads {list(keys) or 'nothing'}")
-        labels = [v for v in args.label for _ in range(n)]
-        return {"label": torch.tensor(labels, dtype=torch.long)}, [f"label {v}" for v in labels]
-    if keys:
-        raise ValueError(f"this model is conditioned on {list(keys)}: pass --prompt TEXT (or --label N)")
-    return n, None
-
-
-def _latent_size(model: Any, config: Any, size: Sequence[int] | None) -> tuple[int, ...] | None:
-    """Latent spatial size from --size (pixels), the model, or the run's dataset."""
-    spec = model.autoencoder.latent_spec
-    if size:
-        pixels = tuple(size) * (len(spec.downsampling) if len(size) == 1 else 1)
-        return tuple(spec.latent_size(pixels))
-    if getattr(model, "latent_size", None) is not None:
-        return None  # the model knows
-    if config is not None:
-        import latentkit
-
-        data = latentkit.create("dataset", config.data.name, **config.data.options)
-        x = data[0].get(getattr(data, "data_key", "image"))
-        if x is not None:
-            return tuple(spec.latent_size(tuple(x.shape[1:])))
-    raise ValueError("cannot tell the image size: pass --size H W (pixels)")
-
-
-def _sample_images(model: Any, config: Any, args: argparse.Namespace, batch: Any) -> Any:
-    import torch
-
-    options: dict[str, Any] = {"sampler": args.sampler, "steps": args.steps, "guidance_scale": args.guidance,
-                               "seed": args.seed}
-    if args.init_image is None:  # otherwise the init image decides the size
-        latent = _latent_size(model, config, args.size)
-        if latent is not None:
-            options["latent_size"] = latent
-    if args.negative_prompt is not None:
-        if not isinstance(batch, dict) or "caption" not in batch:
-            raise ValueError("--negative-prompt needs --prompt")
-        options["negative"] = {"caption": [args.negative_prompt] * len(batch["caption"])}
-    if options["guidance_scale"] == 1.0 and args.negative_prompt is not None:
+    batch, captions = conditioning_batch(model, prompts=prompts or args.prompt or (), labels=args.label or (),
+                                         num=args.num, names=("--prompt", "--label"))
+    if args.negative_prompt is not None and not args.prompt:
+        raise ValueError("--negative-prompt needs --prompt")
+    if args.negative_prompt is not None and args.guidance == 1.0:
         print("note: --negative-prompt has no effect at --guidance 1", file=sys.stderr)
     if args.mask is not None and args.init_image is None:
         raise ValueError("--mask needs --init-image (the image to inpaint)")
-    with torch.no_grad():
-        if args.init_image is None:
-            return model.sample(batch, **options).float().cpu()
-        count = len(batch["caption"] if isinstance(batch, dict) and "caption" in batch else
-                    batch["label"] if isinstance(batch, dict) else range(batch))
-        spec = model.autoencoder.data_spec
-        image = _read_image(args.init_image, spec.channels, args.size, spec.value_range)
-        model.autoencoder.latent_spec.latent_size(tuple(image.shape[1:]))  # clear error if indivisible
-        images = image.unsqueeze(0).expand(count, *image.shape).contiguous()
-        cond_batch = batch if isinstance(batch, dict) else None
+    init = mask = size = None
+    spec = model.autoencoder.data_spec
+    if args.init_image is not None:
+        init = read_image(args.init_image, spec.channels, args.size, spec.value_range)
         if args.mask is not None:
-            mask = _read_image(args.mask, 1, tuple(image.shape[1:]), (0.0, 1.0))
-            masks = (mask > 0.5).float().unsqueeze(0).expand(count, *mask.shape).contiguous()
-            strength = 1.0 if args.strength is None else args.strength
-            return model.inpaint(images, masks, batch=cond_batch, strength=strength, **options).float().cpu()
-        strength = 0.75 if args.strength is None else args.strength
-        return model.img2img(images, strength, batch=cond_batch, **options).float().cpu()
-
-
-def _read_image(path: str, channels: int, size: Sequence[int] | None, value_range: Sequence[float]) -> Any:
-    """An image file as a (C, H, W) float tensor in ``value_range``, resized to ``size`` (H [W])."""
-    import numpy as np
-    import torch
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
-            if size:
-                h, w = (size[0], size[0]) if len(size) == 1 else (size[0], size[1])
-                img = img.resize((w, h), Image.Resampling.BICUBIC)
-            array = np.asarray(img, dtype=np.float32) / 255.0
-    except (OSError, UnidentifiedImageError) as exc:
-        raise ValueError(f"cannot read image {path!r}: {exc}") from None
-    tensor = torch.from_numpy(array.copy())
-    tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
-    lo, hi = float(value_range[0]), float(value_range[1])
-    return tensor * (hi - lo) + lo
+            mask = read_image(args.mask, 1, tuple(init.shape[1:]), (0.0, 1.0))
+    else:
+        unknown = not args.size and getattr(model, "latent_size", None) is None
+        dataset = create_dataset(config) if config is not None and unknown else None  # only when needed
+        size = latent_size(model, pixels=args.size, dataset=dataset)
+        if size is None and getattr(model, "latent_size", None) is None:
+            raise ValueError("cannot tell the image size: pass --size H W (pixels)")
+    return draw(model, batch, captions, latent_size=size, negative_prompt=args.negative_prompt, init_image=init,
+                mask=mask, strength=args.strength, sampler=args.sampler, steps=args.steps,
+                guidance_scale=args.guidance, seed=args.seed)
 
 
 def _add_sampling_options(p: argparse.ArgumentParser, *, default_num: int) -> None:
@@ -358,35 +238,20 @@ def _add_sampling_options(p: argparse.ArgumentParser, *, default_num: int) -> No
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: CUDA if available)")
 
 
-GRID_FORMATS = {".png": "a captioned grid"}  # what the built-in writer does when no plugin owns the layout
-
-
 def cmd_sample(args: argparse.Namespace, out: TextIO) -> int:
     """Sample a trained run into the files of ``--out``: the plugin that owns the data layout
     writes them (``latentkit_write_samples``), else a captioned PNG grid."""
-    from latentkit.hookspecs import output_suffix
-    from latentkit.plugins import get_plugin_manager
-    from latentkit.training import save_image_grid
+    from latentkit.samples import write_samples
 
     model, config = _load_for_sampling(args)
-    batch, captions = _conditioning_batch(model, args)
-    images = _sample_images(model, config, args, batch)
-    spec = model.autoencoder.data_spec
-    value_range = (float(spec.value_range[0]), float(spec.value_range[1]))
-    images = images.clamp(*value_range)
-    written = get_plugin_manager().hook.latentkit_write_samples(
-        samples=images, path=str(args.out), layout=spec.layout, captions=captions, value_range=value_range)
-    if written is None:  # no plugin owns the layout: the built-in grid
-        output_suffix(args.out, GRID_FORMATS, writer="latentkit (no installed plugin owns this layout)",
-                      layout=spec.layout)
-        path = save_image_grid(images, args.out, captions=captions, nrow=args.num, value_range=value_range)
-        print(f"wrote {len(images)} image(s) to {path}", file=out)
-        return 0
-    paths = [Path(p) for p in written]
+    drawn = _draw(model, config, args)
+    written = write_samples(drawn, args.out, nrow=args.num)
+    paths = written.paths
+    what = "image(s)" if written.grid else f"{drawn.layout} sample(s)"
     if len(paths) == 1:
-        print(f"wrote {len(images)} {spec.layout} sample(s) to {paths[0]}", file=out)
+        print(f"wrote {len(drawn.images)} {what} to {paths[0]}", file=out)
     else:
-        print(f"wrote {len(images)} {spec.layout} sample(s) to {len(paths)} files:", file=out)
+        print(f"wrote {len(drawn.images)} {what} to {len(paths)} files:", file=out)
         for p in paths:
             print(f"  {p}", file=out)
     return 0
@@ -395,20 +260,23 @@ def cmd_sample(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
     """Prompt adherence (``shapes`` prompts) of a diffusion run, reconstruction metrics of
     its autoencoder (or of an autoencoder run)."""
+    import attrs
     import torch
 
-    import latentkit
     from latentkit.evaluation import parse_prompt, prompt_adherence, reconstruction_metrics
+    from latentkit.experiment import create_dataset, load_run
+    from latentkit.fileio import atomic_write_text
+    from latentkit.samples import write_samples
 
     model, config = load_run(args.run, ema=not args.no_ema, device=_device(args.device))
     autoencoder = model.autoencoder
     results: dict[str, Any] = {"run": str(args.run)}
-    data = latentkit.create("dataset", config.data.name, **config.data.options)
+    data = create_dataset(config)
     key = getattr(data, "data_key", "image")
     n = min(args.items, len(data))
     images = torch.stack([data[i][key] for i in range(n)])
     value_range = tuple(autoencoder.data_spec.value_range)
-    if not getattr(model, "is_pixel_space", False):
+    if not autoencoder.is_pixel_space:
         recon = reconstruction_metrics(autoencoder, images, value_range=value_range)
         results["reconstruction"] = recon.as_dict()
         print(f"reconstruction ({config.data.name}, {n} items): {recon.summary()}", file=out)
@@ -426,22 +294,19 @@ def cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
         else:
             for p in prompts:
                 parse_prompt(p)  # a clear error before any sampling
-            args.prompt = prompts
-            batch, _ = _conditioning_batch(model, args)
-            samples = _sample_images(model, config, args, batch).clamp(*value_range)
-            report = prompt_adherence(samples, batch["caption"], value_range=value_range)
+            drawn = _draw(model, config, args, prompts=prompts)
+            assert drawn.captions is not None
+            report = prompt_adherence(drawn.images, drawn.captions, value_range=value_range)
             results["prompt_adherence"] = report.as_dict()
             print(f"prompt {report.summary()}", file=out)
             for prompt, rate in report.per_prompt().items():
                 print(f"  {100 * rate:5.1f}%  {prompt}", file=out)
             if args.out:
-                from latentkit.training import save_image_grid
-
                 tiles = [f"{v.prompt} [{'ok' if v.adheres else 'miss'}]" for v in report.verdicts]
-                print(f"grid: {save_image_grid(samples, args.out, captions=tiles, nrow=args.num, value_range=value_range)}",
-                      file=out)
+                checked = attrs.evolve(drawn, captions=tiles)
+                print(f"grid: {write_samples(checked, args.out, nrow=args.num).paths[0]}", file=out)
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        atomic_write_text(args.json, json.dumps(results, indent=2))
         print(f"metrics written to {args.json}", file=out)
     return 0
 

@@ -1,9 +1,11 @@
-"""Exceptions raised by latentkit.
+"""Exceptions raised by latentkit, and its one-time warnings.
 
 Every error says what was expected, what was found and, where it helps, what to do.
 """
 
 from __future__ import annotations
+
+import warnings
 
 __all__ = [
     "CheckpointError",
@@ -14,6 +16,7 @@ __all__ = [
     "ShapeError",
     "SpecError",
     "UnknownComponentError",
+    "warn_once",
 ]
 
 
@@ -78,3 +81,11 @@ class ConfigError(LatentkitError, ValueError):
         self.key = key
         where = f"{path or '<config>'}:{line}" if line is not None else (path or "")
         super().__init__(f"{where}: {message}" if where else message)
+
+
+def warn_once(message: str, _seen: set[str] = set()) -> None:  # noqa: B006 - intentional cache
+    """``warnings.warn`` a message only the first time in this process (for conditions a
+    loop would otherwise report every step)."""
+    if message not in _seen:
+        _seen.add(message)
+        warnings.warn(message, stacklevel=2)

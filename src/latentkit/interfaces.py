@@ -17,7 +17,14 @@ from torch import nn
 
 from latentkit.errors import ShapeError
 from latentkit.random import Generators, rand, randn_like
-from latentkit.specs import Conditioning, ConditioningSpec, DataSpec, LatentSpec, spatial_ndim
+from latentkit.specs import (
+    DATA_KEYS,
+    Conditioning,
+    ConditioningSpec,
+    DataSpec,
+    LatentSpec,
+    spatial_ndim,
+)
 
 __all__ = [
     "KINDS",
@@ -36,7 +43,7 @@ __all__ = [
 ]
 
 #: The component kinds, in the order they are listed.
-KINDS: tuple[str, ...] = ("autoencoder", "denoiser", "conditioner", "sampler", "schedule", "dataset")
+KINDS: tuple[str, ...] = ("autoencoder", "denoiser", "conditioner", "sampler", "schedule", "dataset", "model")
 
 #: ``denoise(x, sigma, **extra_args) -> x0``: what every sampler integrates. ``sigma`` is a
 #: tensor of shape (B,) (or a scalar tensor broadcast to the batch).
@@ -252,6 +259,13 @@ class Autoencoder(nn.Module, abc.ABC):
             scaling_factor=float(self.scaling_factor),
             shift_factor=float(self.shift_factor),
         )
+
+    @property
+    def is_pixel_space(self) -> bool:
+        """True when the latents are the data itself, so pixel-space-only operations such as
+        dynamic thresholding apply. False by default; the ``identity`` autoencoder says True,
+        and a wrapper (e.g. the video plugin's ``framewise``) answers for what it wraps."""
+        return False
 
     def set_latent_statistics(self, scaling_factor: float, shift_factor: float = 0.0) -> None:
         """Set the latent normalisation (stored in ``state_dict``)."""
@@ -604,11 +618,24 @@ class Dataset(torch.utils.data.Dataset, abc.ABC):  # type: ignore[type-arg]
     axis and values in ``data_spec.value_range``."""
 
     kind: ClassVar[str] = "dataset"
-    #: The key of the main tensor in each item.
-    data_key: ClassVar[str] = "image"
 
     def __init__(self, data_spec: DataSpec) -> None:
         self.data_spec = data_spec
+
+    @property
+    def data_key(self) -> str:
+        """The key of the main tensor in each item: by default the one of the layout
+        (``data_spec.data_key``: ``"image"``, ``"video"``, ``"volume"`` or ``"signal"``).
+        A dataset whose items use another key sets ``data_key`` (as a class attribute, or on
+        the instance)."""
+        if "_data_key" in self.__dict__:
+            return str(self.__dict__["_data_key"])
+        spec = getattr(self, "data_spec", None)
+        return spec.data_key if isinstance(spec, DataSpec) else DATA_KEYS["CHW"]
+
+    @data_key.setter
+    def data_key(self, value: str) -> None:
+        self.__dict__["_data_key"] = value
 
     @abc.abstractmethod
     def __len__(self) -> int:

@@ -17,6 +17,7 @@ or ``LATENTKIT_BLOCK_PLUGINS`` (comma-separated).
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import importlib
@@ -24,7 +25,7 @@ import inspect
 import os
 import threading
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from importlib import metadata
 from typing import Any
 
@@ -47,6 +48,7 @@ __all__ = [
     "list_components",
     "register_plugin",
     "reset_plugin_manager",
+    "stamp_identity",
 ]
 
 ENTRY_POINT_GROUP = "latentkit"
@@ -59,6 +61,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "latentkit.samplers",
     "latentkit.schedules",
     "latentkit.data",
+    "latentkit.models",
     "latentkit.training.plugins",
 )
 
@@ -253,10 +256,26 @@ class PluginManager:
         self._dists[name] = (dist, version)
         try:
             self.pm.register(obj, name=name)
-        except Exception as exc:  # e.g. a hookimpl whose name matches no hookspec
+            self._check_hook_names(obj, name)
+        except Exception as exc:  # a hookimpl whose arguments or name match no hookspec
+            if self.pm.is_registered(obj):
+                self.pm.unregister(obj)
             self._fail(name, "register", exc)
             return False
         return True
+
+    def _check_hook_names(self, obj: Any, name: str) -> None:
+        """A ``@hookimpl`` whose name is no latentkit hook (``latentkit_register_sampler``)
+        would never be called: refuse it, naming the closest hook (pluggy's
+        ``check_pending``, for one plugin)."""
+        known = sorted(n for n in dir(self.pm.hook) if n.startswith(f"{hookspecs.PROJECT}_")
+                       and getattr(self.pm.hook, n).has_spec())
+        for caller in self.pm.get_hookcallers(obj) or []:
+            if not caller.has_spec():
+                close = difflib.get_close_matches(caller.name, known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; latentkit's hooks: {', '.join(known)}"
+                raise PluginError(f"plugin {name!r} implements {caller.name!r}, which is no latentkit "
+                                  f"hook, so it would never be called{hint}")
 
     def _candidates(self) -> list[tuple[str, Callable[[], Any], str | None, str | None]]:
         found: list[tuple[str, Callable[[], Any], str | None, str | None]] = []
@@ -341,19 +360,41 @@ class PluginManager:
                             self._run_registration(kind, name, impl.function)
             return name
 
+    @contextlib.contextmanager
+    def registered(self, *plugins: Any) -> Iterator[None]:
+        """Register lifecycle-hook implementations (objects or modules with ``@hookimpl``
+        methods) for the duration of a block, e.g. the hooks of one training run. They must
+        implement latentkit hooks; registration hooks in them are not run."""
+        self.load()
+        added = []
+        try:
+            for plugin in plugins:
+                if self.pm.is_registered(plugin):
+                    continue
+                name = f"{getattr(plugin, '__name__', type(plugin).__name__)}-{id(plugin)}"
+                self.pm.register(plugin, name=name)
+                added.append(plugin)
+                self._check_hook_names(plugin, name)
+            yield
+        finally:
+            for plugin in reversed(added):
+                self.pm.unregister(plugin)
+
     # ------------------------------------------------------------------ queries
 
     def _check_kind(self, kind: str) -> None:
         if kind not in KINDS:
             raise UnknownComponentError(f"unknown component kind {kind!r}; {_suggest(kind, KINDS)}")
 
-    def list(self, kind: str | None = None) -> list[ComponentInfo]:
-        """Registered components, sorted by kind then name (``kind=None``: all kinds)."""
+    def list(self, kind: str | None = None, *, sort: bool = True) -> list[ComponentInfo]:
+        """Registered components by kind (``kind=None``: all kinds), sorted by name, or in
+        the order they were registered (built-ins first) with ``sort=False``."""
         self.load()
         if kind is not None:
             self._check_kind(kind)
         kinds = KINDS if kind is None else (kind,)
-        return [info for k in kinds for _, info in sorted(self._components[k].items())]
+        return [info for k in kinds
+                for _, info in (sorted(self._components[k].items()) if sort else self._components[k].items())]
 
     def get(self, kind: str, name: str) -> ComponentInfo:
         """The :class:`ComponentInfo` of ``kind``/``name``; an error lists what is available."""
@@ -389,13 +430,21 @@ class PluginManager:
                 raise TypeError(
                     f"{kind} {name!r} got unknown config key(s) {unknown}; accepted: {accepted}"
                 )
-        obj = factory(**config)
-        try:
-            obj.latentkit_name = (kind, name)
-            obj.latentkit_config = dict(config)
-        except (AttributeError, TypeError):  # objects with __slots__ or frozen attrs classes
-            pass
+        return stamp_identity(factory(**config), kind, name, config)
+
+
+def stamp_identity(obj: Any, kind: str, name: str, config: Mapping[str, Any], *,
+                   keep_existing: bool = False) -> Any:
+    """Record on ``obj`` how it was created: ``latentkit_name = (kind, name)`` and
+    ``latentkit_config`` (what checkpoints and the conformance kit use to re-create it).
+    With ``keep_existing`` an object that already has an identity keeps it; objects that
+    take no attributes are left alone. Returns ``obj``."""
+    if keep_existing and getattr(obj, "latentkit_name", None) is not None:
         return obj
+    with contextlib.suppress(AttributeError, TypeError):  # __slots__, frozen attrs classes
+        obj.latentkit_name = (kind, name)
+        obj.latentkit_config = dict(config)
+    return obj
 
 
 _manager: PluginManager | None = None

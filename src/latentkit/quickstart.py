@@ -23,18 +23,20 @@ written next to the results, so ``latentkit train <output>/diffusion.toml`` reru
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import platform
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import attrs
 import torch
+
+from latentkit.fileio import atomic_write_text
 
 __all__ = [
     "FAST_SETTINGS",
@@ -256,7 +258,7 @@ class QuickstartResult:
         return sum(t.cpu_s for t in self.timings.values())
 
 
-@contextmanager
+@contextlib.contextmanager
 def _timed(timings: dict[str, StageTime], name: str) -> Iterator[None]:
     w0, c0 = time.perf_counter(), time.process_time()
     try:
@@ -280,26 +282,16 @@ def _check_output_dir(out: Path, s: QuickstartSettings) -> None:
                 f"{out} holds a quickstart run with other settings; pass another --output "
                 "(or delete that directory)"
             )
-    out.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"fingerprint": s.fingerprint(), "settings": attrs.asdict(s)}, indent=2))
+    atomic_write_text(marker, json.dumps({"fingerprint": s.fingerprint(), "settings": attrs.asdict(s)}, indent=2))
 
 
 def _train(config_path: Path, text: str, progress: bool) -> Any:
-    """Load a config, build model and data, train (as ``latentkit train`` does); returns the
-    trainer."""
-    from latentkit.training import Trainer, build_dataset, build_model, loads_config
+    """Write a stage's config next to the results and train it as ``latentkit train`` does
+    (:func:`latentkit.experiment.train`); returns the trainer."""
+    from latentkit.experiment import loads_config, train
 
-    config_path.write_text(text)
-    cfg = loads_config(text, path=str(config_path))
-    torch.manual_seed(cfg.training.seed)  # the same config builds the same initial weights
-    model = build_model(cfg)
-    data = build_dataset(cfg, model)
-    trainer = Trainer(model, data, attrs.evolve(cfg.training, progress=progress))
-    # what `latentkit sample` / `latentkit eval` read to rebuild the model of a run
-    trainer.output_dir.mkdir(parents=True, exist_ok=True)
-    (trainer.output_dir / "config.toml").write_text(text)
-    trainer.fit()
-    return trainer
+    atomic_write_text(config_path, text)
+    return train(loads_config(text, path=str(config_path)), overrides={} if progress else {"progress": False})
 
 
 def run_quickstart(
@@ -320,7 +312,7 @@ def run_quickstart(
     """
     from latentkit.data.shapes import ShapesDataset
     from latentkit.evaluation import prompt_adherence, reconstruction_metrics
-    from latentkit.training import save_image_grid
+    from latentkit.samples import conditioning_batch, draw, write_samples
 
     s = settings if settings is not None else (FAST_SETTINGS if fast else QuickstartSettings())
     out = Path(output_dir)
@@ -361,20 +353,19 @@ def run_quickstart(
 
     # ------------------------------------------------------------ stage 3: sample + check
     prompts = [p for p in s.held_out for _ in range(s.samples_per_prompt)]
+    batch, _ = conditioning_batch(model, prompts=s.held_out, num=s.samples_per_prompt)
     echo(f"\n[3/3] sampling {len(prompts)} images for the held-out prompts ({s.sampler}, "
          f"{s.sample_steps} steps, guidance {s.guidance})")
     with _timed(timings, "sampling"):
         model.eval()
-        ema = trainer.ema.applied(model) if trainer.ema is not None else _null()
-        with ema, torch.no_grad():
-            samples = model.sample(
-                {"caption": prompts}, sampler=s.sampler, steps=s.sample_steps,
-                guidance_scale=s.guidance, seed=s.seed,
-            ).clamp(-1, 1).float().cpu()
-        report = prompt_adherence(samples, prompts)
-        captions = [f"{v.prompt} [{'ok' if v.adheres else 'miss'}]" for v in report.verdicts]
-        grid = save_image_grid(samples, out / "samples.png", captions=captions,
-                               nrow=max(1, s.samples_per_prompt))
+        ema = trainer.ema.applied(model) if trainer.ema is not None else contextlib.nullcontext()
+        with ema:
+            drawn = draw(model, batch, prompts, sampler=s.sampler, steps=s.sample_steps,
+                         guidance_scale=s.guidance, seed=s.seed)
+        report = prompt_adherence(drawn.images, prompts)
+        checked = [f"{v.prompt} [{'ok' if v.adheres else 'miss'}]" for v in report.verdicts]
+        grid = write_samples(attrs.evolve(drawn, captions=checked), out / "samples.png",
+                             nrow=max(1, s.samples_per_prompt)).paths[0]
     result = QuickstartResult(out, Path(grid), out / "report.json", out / "report.md", report, recon,
                               recon_check, timings, s)
     _write_reports(result, threads)
@@ -383,11 +374,6 @@ def run_quickstart(
          + ", ".join(f"{k} {v.wall_s:.0f} s" for k, v in timings.items()))
     echo(f"grid: {grid}\nreport: {result.report_md}")
     return result
-
-
-@contextmanager
-def _null() -> Iterator[None]:
-    yield
 
 
 def _write_reports(r: QuickstartResult, threads: int) -> None:
@@ -405,7 +391,7 @@ def _write_reports(r: QuickstartResult, threads: int) -> None:
         "settings": attrs.asdict(r.settings),
         "grid": str(r.grid),
     }
-    r.report_json.write_text(json.dumps(data, indent=2))
+    atomic_write_text(r.report_json, json.dumps(data, indent=2))
     lines = [
         "# latentkit quickstart report",
         "",
@@ -435,4 +421,4 @@ def _write_reports(r: QuickstartResult, threads: int) -> None:
     for prompt, vs in by_prompt.items():
         seen = "; ".join(f"{v.color} {v.shape} {v.position}" for v in vs)
         lines.append(f"| {prompt} | {100 * sum(v.adheres for v in vs) / len(vs):.0f}% | {seen} |")
-    r.report_md.write_text("\n".join(lines) + "\n")
+    atomic_write_text(r.report_md, "\n".join(lines) + "\n")

@@ -3,7 +3,8 @@ conditioning (:class:`ConditioningSpec`, :class:`Conditioning`).
 
 Nothing in latentkit hard-codes 2-D images or 4 latent channels: shapes come from these specs.
 A layout names the axes after the batch axis: ``"CL"`` (1-D signals), ``"CHW"`` (images),
-``"CTHW"`` (video) and ``"CDHW"`` (volumes).
+``"CTHW"`` (video) and ``"CDHW"`` (volumes); :data:`DATA_KEYS` names the batch key under which
+datasets yield data of each layout.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from latentkit.errors import ShapeError, SpecError
 
 __all__ = [
+    "DATA_KEYS",
     "LAYOUTS",
     "Conditioning",
     "ConditioningSpec",
@@ -29,6 +31,10 @@ __all__ = [
 
 #: Every layout latentkit knows, mapped to its number of spatial axes.
 LAYOUTS: dict[str, int] = {"CL": 1, "CHW": 2, "CTHW": 3, "CDHW": 3}
+
+#: The batch key of the data tensor for each layout: what datasets yield and what
+#: :class:`~latentkit.LatentDiffusion`, the autoencoder losses and latent statistics read.
+DATA_KEYS: dict[str, str] = {"CHW": "image", "CTHW": "video", "CDHW": "volume", "CL": "signal"}
 
 
 def spatial_ndim(layout: str) -> int:
@@ -123,6 +129,12 @@ class DataSpec:
     def spatial_ndim(self) -> int:
         """Number of spatial axes."""
         return LAYOUTS[self.layout]
+
+    @property
+    def data_key(self) -> str:
+        """The batch key of data in this layout (``"image"``, ``"video"``, ``"volume"`` or
+        ``"signal"``; see :data:`DATA_KEYS`)."""
+        return DATA_KEYS[self.layout]
 
     def shape(self, batch_size: int, spatial: Sequence[int]) -> tuple[int, ...]:
         """Full tensor shape for ``batch_size`` items of the given spatial size."""

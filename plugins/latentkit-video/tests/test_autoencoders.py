@@ -138,3 +138,27 @@ def test_causal_learns_to_reconstruct() -> None:
         loss.backward()
         opt.step()
     assert float(loss) < 0.2 * first
+
+
+# ----------------------------------------------------------------- pixel space
+
+
+def test_framewise_is_pixel_space_exactly_when_the_image_autoencoder_is() -> None:
+    from latentkit_video.plugin import VIDEO_UNET_TINY_CONFIG
+
+    pixels = latentkit.create("autoencoder", "framewise", image_autoencoder="identity",
+                              image_config={"channels": 3})
+    latents = latentkit.create("autoencoder", "framewise", **FRAMEWISE_TINY_CONFIG)
+    assert pixels.is_pixel_space and pixels.image.is_pixel_space
+    assert not latents.is_pixel_space and not _causal(2).is_pixel_space
+    den = latentkit.create("denoiser", "video_unet", **{**VIDEO_UNET_TINY_CONFIG, "in_channels": 3,
+                                                          "out_channels": 3})
+    model = latentkit.LatentDiffusion(pixels, den)
+    assert model.is_pixel_space
+    with torch.no_grad():
+        out = model.sample(2, sampler="euler", steps=2, seed=0, latent_size=(2, 4, 4), dynamic_threshold=0.9)
+    assert out.shape == (2, 3, 2, 4, 4) and out.abs().max() <= 1.0 + 1e-5
+    latent_den = latentkit.create("denoiser", "video_unet", **VIDEO_UNET_TINY_CONFIG)
+    with pytest.raises(ValueError, match="pixel-space"):
+        latentkit.LatentDiffusion(latents, latent_den).sample(1, steps=2, latent_size=(2, 4, 4),
+                                                              dynamic_threshold=0.9)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from latentkit.cli import main
-from latentkit.training import load_config
+from latentkit.experiment import load_config
 from PIL import Image
 
 from latentkit_video.cli_output import MIN_FRAME_PIXELS, latentkit_write_samples

@@ -8,7 +8,8 @@ from pathlib import Path
 import attrs
 import pytest
 import torch
-from latentkit.training import Trainer, build_dataset, build_model, load_config
+from latentkit.experiment import build_dataset, build_model, load_config
+from latentkit.training import Trainer
 
 CONFIGS = Path(__file__).resolve().parents[3] / "examples" / "configs"
 NAMES = ["video_moving_shapes_text", "video_image_to_video", "video_causal_autoencoder"]

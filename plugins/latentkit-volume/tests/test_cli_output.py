@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from latentkit.cli import main
-from latentkit.training import load_config
+from latentkit.experiment import load_config
 from PIL import Image
 
 from latentkit_volume.cli_output import latentkit_write_samples

@@ -9,7 +9,8 @@ from pathlib import Path
 import attrs
 import pytest
 import torch
-from latentkit.training import Trainer, build_dataset, build_model, load_config
+from latentkit.experiment import build_dataset, build_model, load_config
+from latentkit.training import Trainer
 
 from latentkit_volume.losses import VolumeAutoencoderLoss
 from latentkit_volume.models import VolumeKLAutoencoder
@@ -40,7 +41,8 @@ def test_config_trains_one_step(name: str, tmp_path: Path) -> None:
 @needs_examples
 def test_sdf_config_builds_the_plugin_loss_with_its_keys() -> None:
     config = load_config(CONFIGS / "volume_kl_autoencoder_sdf.toml")
-    assert config.model.loss == "latentkit_volume.losses:VolumeAutoencoderLoss"
+    # the loss is a registered model of this plugin, named by kind (no import string)
+    assert config.model.kind == "volume_sdf_autoencoder" and config.model.loss is None
     model = build_model(config)
     assert type(model) is VolumeAutoencoderLoss
     assert (model.representation, model.truncation, model.surface_weight, model.eikonal_weight,

@@ -18,7 +18,8 @@ CONFIGS = sorted((Path(__file__).resolve().parents[3] / "examples" / "configs").
 def test_registered_through_the_entry_point_under_the_distribution() -> None:
     mine = {(i.kind, i.name): i for i in latentkit.list_components()
             if i.distribution == "latentkit-volume"}
-    assert set(mine) == {*COMPONENTS, ("dataset", "volume_primitives"), ("dataset", "volume_npy")}
+    assert set(mine) == {*COMPONENTS, ("dataset", "volume_primitives"), ("dataset", "volume_npy"),
+                         ("model", "volume_sdf_autoencoder")}
     assert all(i.plugin == "volume" for i in mine.values())
     broken = latentkit.get_plugin_manager().broken
     assert not [b for b in broken if b.distribution == "latentkit-volume"]
@@ -29,7 +30,7 @@ def test_cli_lists_the_components_under_the_distribution() -> None:
     run = subprocess.run(["latentkit", "plugins"], capture_output=True, text=True, timeout=120, check=True)
     rows = [line for line in run.stdout.splitlines() if "latentkit-volume" in line]
     assert {line.split()[0] for line in rows} == {"volume_kl", "volume_unet", "volume_dit",
-                                                   "volume_primitives", "volume_npy"}
+                                                   "volume_primitives", "volume_npy", "volume_sdf_autoencoder"}
 
 
 @parametrize_with_checks(COMPONENTS)
@@ -39,7 +40,7 @@ def test_conformance(component: object, check: object) -> None:
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_example_configs_load_and_build(path: Path, tmp_path: Path) -> None:
-    from latentkit.training import build_dataset, build_model, load_config
+    from latentkit.experiment import build_dataset, build_model, load_config
 
     config = load_config(path)
     assert config.data.name in ("volume_primitives", "volume_npy")

@@ -37,6 +37,11 @@ class IdentityAutoencoder(Autoencoder):
             ),
         )
 
+    @property
+    def is_pixel_space(self) -> bool:
+        """True: the latents are the data."""
+        return True
+
     def encode(self, x: torch.Tensor) -> DiracDistribution:
         """Data -> a point mass at the data."""
         return DiracDistribution(self.check_data(x))

@@ -8,6 +8,10 @@ A checkpoint directory holds::
 :func:`load_pretrained` re-creates the component by name through the plugin registry
 (``latentkit.create("autoencoder", name, **config)``) and loads the weights strictly, so a
 plugin's autoencoder round-trips exactly like a built-in one.
+
+:func:`save_pretrained` writes each file atomically (:mod:`latentkit.fileio`), the weights
+first and ``config.json`` last, so a crash mid-save leaves no half-written file, and a
+directory that has a config has its weights.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from latentkit.fileio import atomic_write, atomic_write_text
 from latentkit.interfaces import Autoencoder
 
 __all__ = [
@@ -64,18 +69,26 @@ def _jsonable(value: Any) -> Any:
 
 
 def save_pretrained(model: Autoencoder, directory: str | Path, *, name: str | None = None) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` for ``model`` into ``directory``.
+    """Write ``model.safetensors`` and ``config.json`` for ``model`` into ``directory``.
 
     ``name`` is the registry name to re-create it by (default: the name it was created by,
-    or its class's ``registry_name``). Returns the directory.
+    or its class's ``registry_name``). Each file is written to a temporary sibling and
+    renamed into place (:func:`latentkit.fileio.atomic_write`), the weights first and the
+    config last: an interrupted save leaves every file whole, old or new, and a fresh
+    directory gets its ``config.json`` only once its weights are there. Returns the
+    directory.
     """
     found_name, config = _component_name_and_config(model, name)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, "kind": "autoencoder", "name": found_name, "config": _jsonable(config)}
     tensors = {k: v.detach().contiguous().cpu().clone() for k, v in model.state_dict().items()}
-    save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": FORMAT})
-    (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    atomic_write(
+        directory / WEIGHTS_NAME,
+        lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT}),
+    )
+    # last: load_pretrained starts from config.json, so it must never precede its weights
+    atomic_write_text(directory / CONFIG_NAME, json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return directory
 
 

@@ -32,6 +32,7 @@ from torch import nn
 from latentkit.autoencoders.base import AutoencoderOutput, ConvAutoencoder
 from latentkit.autoencoders.nets import conv_nd
 from latentkit.random import Generators
+from latentkit.specs import DATA_KEYS
 
 __all__ = [
     "AutoencoderTrainingLoss",
@@ -44,7 +45,7 @@ __all__ = [
 ]
 
 _BATCHNORMS: dict[int, type[nn.Module]] = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
-_DATA_KEYS = ("image", "video", "volume", "signal")
+_DATA_KEYS = tuple(DATA_KEYS.values())  # the keys a dict batch's data may sit under
 
 
 # --------------------------------------------------------------------------- discriminator

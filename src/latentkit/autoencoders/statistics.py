@@ -19,10 +19,11 @@ import torch
 
 from latentkit.interfaces import Autoencoder
 from latentkit.random import Generators
+from latentkit.specs import DATA_KEYS
 
 __all__ = ["LatentStatistics", "fit_latent_statistics"]
 
-_DATA_KEYS = ("image", "video", "volume", "signal")
+_DATA_KEYS = tuple(DATA_KEYS.values())  # the keys a dict batch's data may sit under
 
 
 @attrs.frozen

@@ -6,6 +6,10 @@
 * :mod:`~latentkit.diffusion.objective`: per-sample loss, weightings, offset noise;
 * :mod:`~latentkit.diffusion.guidance`: classifier-free guidance (one batched call), guidance
   rescale, guidance interval, dynamic thresholding;
+* :mod:`~latentkit.diffusion.sampling`: :class:`SamplingOptions`, the frozen, validated
+  sampling options (sampler, steps, guidance, seed, latent size, ...) that
+  ``LatentDiffusion.sample``, ``img2img``, ``inpaint`` and ``super_resolve`` take (as an
+  object and/or as keywords);
 * :mod:`~latentkit.diffusion.model`: :class:`LatentDiffusion`.
 """
 
@@ -41,6 +45,7 @@ from latentkit.diffusion.parameterizations import (
     X0Parameterization,
     get_parameterization,
 )
+from latentkit.diffusion.sampling import SamplingOptions
 
 __all__ = [
     "LOSS_WEIGHTINGS",
@@ -56,6 +61,7 @@ __all__ = [
     "MinSNRWeighting",
     "Parameterization",
     "ParameterizedDenoiser",
+    "SamplingOptions",
     "SoftMinSNRWeighting",
     "UniformWeighting",
     "VParameterization",

@@ -2,14 +2,15 @@
 
 A frozen first stage (autoencoder), a denoiser backbone, an optional conditioner, a noise
 schedule and a parameterization make one ``nn.Module`` that trains with :meth:`loss` and
-generates with :meth:`sample`, :meth:`img2img`, :meth:`inpaint` and :meth:`super_resolve`.
+generates with :meth:`sample`, :meth:`img2img`, :meth:`inpaint` and :meth:`super_resolve`,
+all four taking one :class:`~latentkit.diffusion.SamplingOptions` and/or its fields as keywords.
 With the ``identity`` autoencoder it is a pixel-space diffusion model through the same code.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import torch
 from torch import nn
@@ -18,15 +19,20 @@ from latentkit.composition import validate_composition
 from latentkit.diffusion.guidance import ClassifierFreeGuidance, DynamicThresholding
 from latentkit.diffusion.objective import DiffusionObjective, LossWeighting
 from latentkit.diffusion.parameterizations import Parameterization, ParameterizedDenoiser
+from latentkit.diffusion.sampling import (
+    SamplingOptions,
+    lists_sampling_options,
+    resolve_sampling_options,
+)
 from latentkit.errors import ShapeError
 from latentkit.interfaces import Autoencoder, Conditioner, DenoiseFn, Denoiser, Sampler, Schedule
 from latentkit.random import Generators, generators_from_seed, randn
 from latentkit.specs import Conditioning
 
-__all__ = ["DATA_KEYS", "LatentDiffusion", "downsample_mask"]
+if TYPE_CHECKING:
+    from latentkit.plugins import PluginManager
 
-#: The batch key of the data tensor for each layout (what datasets yield).
-DATA_KEYS: dict[str, str] = {"CHW": "image", "CTHW": "video", "CDHW": "volume", "CL": "signal"}
+__all__ = ["LatentDiffusion", "downsample_mask", "latent_diffusion"]
 
 
 def downsample_mask(mask: torch.Tensor, factors: Sequence[int]) -> torch.Tensor:
@@ -46,6 +52,19 @@ def downsample_mask(mask: torch.Tensor, factors: Sequence[int]) -> torch.Tensor:
         shape += [s // f, f]
     cells = mask.reshape(shape)  # (B, 1, S1, f1, S2, f2, ...)
     return cells.amax(dim=tuple(3 + 2 * i for i in range(len(spatial))))
+
+
+class _SharedReference:
+    """Holds an object that copies of the model share rather than copy: a plugin manager is a
+    process-level registry (with locks, which cannot be deep-copied)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _SharedReference:
+        return self
 
 
 class _KeepKnown:
@@ -92,8 +111,12 @@ class LatentDiffusion(nn.Module):
         sample_posterior: encode training data with a posterior sample (True) or its mode.
         latent_size: default latent spatial size for :meth:`sample` when nothing else
             determines it.
-        data_key: batch key of the data tensor (default from the layout: ``image``,
-            ``video``, ``volume`` or ``signal``).
+        data_key: batch key of the data tensor (default from the layout,
+            ``autoencoder.data_spec.data_key``: ``image``, ``video``, ``volume`` or ``signal``).
+        plugin_manager: the :class:`~latentkit.plugins.PluginManager` that creates samplers
+            and schedules given by name and receives the ``latentkit_sampling_step`` hook;
+            ``None`` = the process-wide one, looked up at each use. Shared by copies, not
+            part of the module tree or ``state_dict``.
 
     The loss terms for logging (batch means of the unweighted target- and x0-space errors
     and of sigma) come from :meth:`loss_terms`, or ``loss(batch, return_terms=True)``.
@@ -114,13 +137,13 @@ class LatentDiffusion(nn.Module):
         sample_posterior: bool = True,  # training latents: posterior sample or mode
         latent_size: Sequence[int] | None = None,  # default latent spatial size for sample()
         data_key: str | None = None,  # batch key of the data tensor
+        plugin_manager: PluginManager | None = None,  # None: the process-wide one
     ) -> None:
         super().__init__()
         validate_composition(autoencoder, denoiser, conditioner)
+        self.plugin_manager = plugin_manager  # None: the process-wide one, looked up at each use
         if isinstance(schedule, str):
-            from latentkit.plugins import create
-
-            schedule = create("schedule", schedule)
+            schedule = self.plugin_manager.create("schedule", schedule)
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule must be a latentkit Schedule or a name, got {type(schedule).__name__}")
         self.autoencoder = autoencoder
@@ -135,7 +158,7 @@ class LatentDiffusion(nn.Module):
         self.objective = DiffusionObjective(loss_weighting, gamma=gamma, offset_noise=offset_noise)
         self.sample_posterior = bool(sample_posterior)
         self.latent_size = None if latent_size is None else tuple(int(s) for s in latent_size)
-        self.data_key = data_key or DATA_KEYS.get(autoencoder.data_spec.layout, "image")
+        self.data_key = data_key or autoencoder.data_spec.data_key
         if conditioner is not None:
             conditioner.bind(autoencoder)
             if not conditioner.trainable:
@@ -165,10 +188,32 @@ class LatentDiffusion(nn.Module):
 
     @property
     def is_pixel_space(self) -> bool:
-        """True when the first stage is the identity (diffusion runs on the data itself)."""
-        from latentkit.autoencoders.identity import IdentityAutoencoder
+        """True when diffusion runs on the data itself (``autoencoder.is_pixel_space``: the
+        ``identity`` first stage, or a wrapper of it)."""
+        return self.autoencoder.is_pixel_space
 
-        return isinstance(self.autoencoder, IdentityAutoencoder)
+    @property
+    def plugin_manager(self) -> PluginManager:
+        """The plugin manager that samplers and schedules given by name come from and whose
+        ``latentkit_sampling_step`` hook each sampling step calls: the one given at
+        construction, else the process-wide one (looked up now, so
+        :func:`latentkit.plugins.reset_plugin_manager` takes effect)."""
+        manager: PluginManager | None = self._plugin_manager.value
+        if manager is None:
+            from latentkit.plugins import get_plugin_manager
+
+            manager = get_plugin_manager()
+        return manager
+
+    @plugin_manager.setter
+    def plugin_manager(self, manager: PluginManager | None) -> None:
+        from latentkit.plugins import PluginManager
+
+        if manager is not None and not isinstance(manager, PluginManager):
+            raise TypeError(
+                f"plugin_manager must be a latentkit.plugins.PluginManager or None, got {type(manager).__name__}"
+            )
+        self._plugin_manager = _SharedReference(manager)
 
     def train(self, mode: bool = True) -> LatentDiffusion:
         """``nn.Module.train``, keeping the frozen parts in eval mode."""
@@ -347,24 +392,8 @@ class LatentDiffusion(nn.Module):
     def _generate(
         self,
         batch: Mapping[str, Any] | int | None,
+        options: SamplingOptions,
         *,
-        sampler: str | Sampler,
-        steps: int,
-        spacing: str | None,
-        sigmas: torch.Tensor | None,
-        guidance_scale: float,
-        guidance_rescale: float,
-        guidance_interval: Sequence[float] | None,
-        rescale_space: str | None,
-        negative: Mapping[str, Any] | None,
-        uncond: Conditioning | None,
-        dynamic_threshold: float | None,
-        seed: int | None,
-        generator: Generators,
-        latent_size: Sequence[int] | None,
-        noise: torch.Tensor | None,
-        callback: Callable[[dict[str, Any]], None] | None,
-        return_latents: bool,
         init: torch.Tensor | None = None,
         strength: float = 1.0,
         keep_mask: torch.Tensor | None = None,
@@ -372,15 +401,18 @@ class LatentDiffusion(nn.Module):
         batch, n = self._batch_size(batch)
         batch = self._move(batch)
         device = self.device
-        guided = self.conditioner is not None and (guidance_scale != 1.0 or guidance_rescale != 0.0)
-        cond, unc = self._conditioning(batch, guided, negative, uncond)
-        size = self._resolve_latent_size(cond, latent_size, init)
+        guided = self.conditioner is not None and (
+            options.guidance_scale != 1.0 or options.guidance_rescale != 0.0
+        )
+        cond, unc = self._conditioning(batch, guided, options.negative, options.uncond)
+        size = self._resolve_latent_size(cond, options.latent_size, init)
         shape = self.autoencoder.latent_spec.shape(n, size)
         if init is not None and tuple(init.shape) != shape:
             raise ShapeError(f"sample: initial latents have shape {tuple(init.shape)}, expected {shape}")
 
+        sigmas = options.sigmas
         if sigmas is None:
-            sigmas = self.schedule.sigmas(steps, spacing, device=device)
+            sigmas = self.schedule.sigmas(options.steps, options.spacing, device=device)
         sigmas = torch.as_tensor(sigmas, device=device, dtype=torch.float32)
         if init is not None and strength < 1.0:
             if not 0.0 <= strength <= 1.0:
@@ -389,7 +421,10 @@ class LatentDiffusion(nn.Module):
             start = total - min(int(total * strength), total)  # as diffusers' img2img
             sigmas = sigmas[start:]
 
-        gens: Generators = generators_from_seed(seed, n, device) if seed is not None else generator
+        gens: Generators = (
+            generators_from_seed(options.seed, n, device) if options.seed is not None else options.generator
+        )
+        noise = options.noise
         if noise is None:
             noise = randn(shape, gens, device=device)
         elif tuple(noise.shape) != shape:
@@ -404,47 +439,44 @@ class LatentDiffusion(nn.Module):
         extra_args: dict[str, Any] = {"cond": cond}
         if guided:
             denoise = ClassifierFreeGuidance(
-                denoise, guidance_scale, rescale=guidance_rescale,
-                rescale_space=rescale_space or self.parameterization.name,
-                interval=guidance_interval,
+                denoise, options.guidance_scale, rescale=options.guidance_rescale,
+                rescale_space=options.rescale_space or self.parameterization.name,
+                interval=options.guidance_interval,
             )
             extra_args["uncond"] = unc
-        if dynamic_threshold is not None:
+        if options.dynamic_threshold is not None:
             if not self.is_pixel_space:
                 raise ValueError(
                     "dynamic thresholding clips the x0 estimate to the data's value range, so it "
-                    "applies to pixel-space models (identity autoencoder) only"
+                    "applies to pixel-space models only (an autoencoder whose is_pixel_space is "
+                    f"True, such as identity); {type(self.autoencoder).__name__} is not"
                 )
             lo, hi = self.autoencoder.data_spec.value_range
             value_range = (
                 float(self.autoencoder.normalize(torch.tensor(lo))),
                 float(self.autoencoder.normalize(torch.tensor(hi))),
             )
-            denoise = DynamicThresholding(denoise, dynamic_threshold, tuple(sorted(value_range)))  # type: ignore[arg-type]
+            denoise = DynamicThresholding(denoise, options.dynamic_threshold, tuple(sorted(value_range)))  # type: ignore[arg-type]
         if keep_mask is not None and init is not None:
             denoise = _KeepKnown(denoise, init, keep_mask)
 
         if len(sigmas) > 1:
-            from latentkit.plugins import create
-
-            solver: Sampler = create("sampler", sampler) if isinstance(sampler, str) else sampler
+            sampler = options.sampler
+            solver: Sampler = self.plugin_manager.create("sampler", sampler) if isinstance(sampler, str) else sampler
             z = solver.sample(
                 denoise, x, sigmas, extra_args=extra_args,
-                callback=self._step_callback(callback, len(sigmas) - 1), generator=gens,
+                callback=self._step_callback(options.callback, len(sigmas) - 1), generator=gens,
             )
         else:
             z = x
         if keep_mask is not None and init is not None:
             z = torch.lerp(init, z, keep_mask.to(z.dtype))
-        return z if return_latents else self.decode(z)
+        return z if options.return_latents else self.decode(z)
 
-    @staticmethod
     def _step_callback(
-        callback: Callable[[dict[str, Any]], None] | None, total: int
+        self, callback: Callable[[dict[str, Any]], None] | None, total: int
     ) -> Callable[[dict[str, Any]], None]:
-        from latentkit.plugins import get_plugin_manager
-
-        hook = get_plugin_manager().hook
+        hook = self.plugin_manager.hook
 
         def step(info: dict[str, Any]) -> None:
             if callback is not None:
@@ -453,77 +485,48 @@ class LatentDiffusion(nn.Module):
 
         return step
 
+    @lists_sampling_options
     def sample(
-        self,
-        batch: Mapping[str, Any] | int,
-        *,
-        sampler: str | Sampler = "euler",
-        steps: int = 20,
-        spacing: str | None = None,
-        sigmas: torch.Tensor | None = None,
-        guidance_scale: float = 1.0,
-        guidance_rescale: float = 0.0,
-        guidance_interval: Sequence[float] | None = None,
-        rescale_space: str | None = None,
-        negative: Mapping[str, Any] | None = None,
-        uncond: Conditioning | None = None,
-        dynamic_threshold: float | None = None,
-        seed: int | None = None,
-        generator: Generators = None,
-        latent_size: Sequence[int] | None = None,
-        noise: torch.Tensor | None = None,
-        callback: Callable[[dict[str, Any]], None] | None = None,
-        return_latents: bool = False,
+        self, batch: Mapping[str, Any] | int, options: SamplingOptions | None = None, **overrides: Any
     ) -> torch.Tensor:
         """Generate from noise and decode (txt2img, class-conditional or unconditional).
 
         Parameters:
             batch: conditioning inputs (a dict read by the conditioner), or the number of
                 samples for a model without conditioner.
-            sampler: a registered sampler's name or a :class:`Sampler`.
-            steps, spacing: ``schedule.sigmas(steps, spacing)``; ``sigmas`` overrides both.
-            guidance_scale: classifier-free guidance weight (1 = off).
-            guidance_rescale: Lin et al.'s phi, in ``rescale_space`` (default: this model's
-                parameterization, as diffusers does).
-            guidance_interval: ``(sigma_lo, sigma_hi)`` where guidance applies.
-            negative: batch entries for the negative prompt (e.g. ``{"caption": [...]}``),
-                used instead of the conditioner's null input; ``uncond`` gives the
-                unconditional :class:`Conditioning` directly.
-            dynamic_threshold: percentile for dynamic thresholding (pixel-space only).
-            seed: per-item generators ``seed + i`` (item ``i`` is the same at any batch
-                size); ``generator``: one generator or one per item.
-            latent_size: latent spatial size (inferred from concat conditioning if any).
-            noise: the initial standard-normal noise (scaled by ``sigmas[0]`` here).
-            callback: called once per step with the sampler's dict.
-            return_latents: return normalised latents instead of decoded data.
+            options: a :class:`~latentkit.diffusion.SamplingOptions`, whose docstring
+                documents every option (sampler, steps, guidance, seed, latent size, ...).
+            overrides: the same options as keywords (``sampler=``, ``steps=``,
+                ``guidance_scale=``, ``seed=``, ``latent_size=``, ...), applied on top of
+                ``options``; an unknown name is a ``TypeError``.
         """
-        return self._generate(
-            batch, sampler=sampler, steps=steps, spacing=spacing, sigmas=sigmas,
-            guidance_scale=guidance_scale, guidance_rescale=guidance_rescale,
-            guidance_interval=guidance_interval, rescale_space=rescale_space, negative=negative,
-            uncond=uncond, dynamic_threshold=dynamic_threshold, seed=seed, generator=generator,
-            latent_size=latent_size, noise=noise, callback=callback, return_latents=return_latents,
-        )
+        options = resolve_sampling_options(options, overrides, caller="LatentDiffusion.sample()")
+        return self._generate(batch, options)
 
+    @lists_sampling_options
     def img2img(
         self,
         image: torch.Tensor,
         strength: float = 0.8,
         *,
         batch: Mapping[str, Any] | None = None,
-        **kwargs: Any,
+        options: SamplingOptions | None = None,
+        **overrides: Any,
     ) -> torch.Tensor:
         """SDEdit-style image-to-image (Meng et al. 2022): encode ``image``, noise it to the
         level reached after ``(1 - strength) * steps`` of the schedule and denoise the
         remaining ``strength * steps`` steps. ``strength = 0`` returns the reconstruction
-        ``decode(encode(image))``; ``batch`` holds conditioning inputs; other keyword
-        arguments are those of :meth:`sample`."""
+        ``decode(encode(image))``; ``batch`` holds conditioning inputs; ``options`` and
+        keyword ``overrides`` are the :class:`~latentkit.diffusion.SamplingOptions`, as in
+        :meth:`sample`."""
+        options = resolve_sampling_options(options, overrides, caller="LatentDiffusion.img2img()")
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"img2img: strength must lie in [0, 1], got {strength}")
         z0 = self.encode(image)
         cond_batch = dict(batch) if batch is not None else z0.shape[0]
-        return self._generate(cond_batch, **self._sample_defaults(kwargs), init=z0, strength=strength)
+        return self._generate(cond_batch, options, init=z0, strength=strength)
 
+    @lists_sampling_options
     def inpaint(
         self,
         image: torch.Tensor,
@@ -532,7 +535,8 @@ class LatentDiffusion(nn.Module):
         batch: Mapping[str, Any] | None = None,
         strength: float = 1.0,
         blend: bool = True,
-        **kwargs: Any,
+        options: SamplingOptions | None = None,
+        **overrides: Any,
     ) -> torch.Tensor:
         """Fill the region where ``mask`` (B, 1, *spatial, 1 = generate, 0 = keep) is 1.
 
@@ -542,8 +546,10 @@ class LatentDiffusion(nn.Module):
         ``masked_image`` (the image with the region to generate set to 0), which a
         conditioner of an inpainting model (Rombach et al. 2022, Sec. 4.5) turns into concat
         channels. ``strength < 1`` starts from the noised image as in :meth:`img2img`.
-        Other keyword arguments are those of :meth:`sample`.
+        ``options`` and keyword ``overrides`` are the
+        :class:`~latentkit.diffusion.SamplingOptions`, as in :meth:`sample`.
         """
+        options = resolve_sampling_options(options, overrides, caller="LatentDiffusion.inpaint()")
         image = image.to(self.device, torch.float32)
         expected = (image.shape[0], 1, *image.shape[2:])
         if tuple(mask.shape) != expected:
@@ -555,16 +561,22 @@ class LatentDiffusion(nn.Module):
         if self.conditioner is None or not self.conditioner.input_keys:
             cond_batch = {"mask": mask}  # only sizes the batch
         keep_mask = downsample_mask(mask, self.autoencoder.latent_spec.downsampling) if blend else None
-        return self._generate(
-            cond_batch, **self._sample_defaults(kwargs), init=z0, strength=strength, keep_mask=keep_mask
-        )
+        return self._generate(cond_batch, options, init=z0, strength=strength, keep_mask=keep_mask)
 
+    @lists_sampling_options
     def super_resolve(
-        self, low_res: torch.Tensor, *, batch: Mapping[str, Any] | None = None, **kwargs: Any
+        self,
+        low_res: torch.Tensor,
+        *,
+        batch: Mapping[str, Any] | None = None,
+        options: SamplingOptions | None = None,
+        **overrides: Any,
     ) -> torch.Tensor:
         """Super-resolution (Rombach et al. 2022, Sec. 4.4): ``low_res`` goes to the
         conditioner under the batch key ``low_res``, which turns it into concat channels at
-        the latent size. Other keyword arguments are those of :meth:`sample`."""
+        the latent size. ``options`` and keyword ``overrides`` are the
+        :class:`~latentkit.diffusion.SamplingOptions`, as in :meth:`sample`."""
+        options = resolve_sampling_options(options, overrides, caller="LatentDiffusion.super_resolve()")
         if self.conditioner is None or "low_res" not in self.conditioner.input_keys:
             raise ValueError(
                 "super_resolve needs a conditioner that reads the batch key 'low_res' (e.g. a "
@@ -573,18 +585,18 @@ class LatentDiffusion(nn.Module):
             )
         cond_batch = dict(batch or {})
         cond_batch["low_res"] = low_res
-        return self._generate(cond_batch, **self._sample_defaults(kwargs))
+        return self._generate(cond_batch, options)
 
-    @staticmethod
-    def _sample_defaults(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-        defaults: dict[str, Any] = {
-            "sampler": "euler", "steps": 20, "spacing": None, "sigmas": None,
-            "guidance_scale": 1.0, "guidance_rescale": 0.0, "guidance_interval": None,
-            "rescale_space": None, "negative": None, "uncond": None, "dynamic_threshold": None,
-            "seed": None, "generator": None, "latent_size": None, "noise": None,
-            "callback": None, "return_latents": False,
-        }
-        unknown = sorted(set(kwargs) - set(defaults))
-        if unknown:
-            raise TypeError(f"unknown sampling option(s) {unknown}; accepted: {sorted(defaults)}")
-        return {**defaults, **kwargs}
+
+def latent_diffusion(
+    autoencoder: Autoencoder,
+    denoiser: Denoiser,
+    schedule: Schedule,
+    conditioner: Conditioner | None = None,
+    **options: Any,
+) -> LatentDiffusion:
+    """The ``diffusion`` model of a config (:mod:`latentkit.models`): a
+    :class:`LatentDiffusion` of the built parts, the ``[model]`` keys as its options. The
+    schedule is required here (a config names it), where the constructor defaults to
+    ``scaled_linear``."""
+    return LatentDiffusion(autoencoder, denoiser, conditioner, schedule, **options)

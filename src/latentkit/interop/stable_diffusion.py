@@ -38,7 +38,7 @@ import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import torch
@@ -54,6 +54,10 @@ from latentkit.interop.checkpoint_io import (
 )
 from latentkit.interop.sd_keys import CLIP_PREFIX, OPENCLIP_PREFIX, UNET_PREFIX, VAE_PREFIX
 
+if TYPE_CHECKING:
+    from latentkit.autoencoders.kl import KLAutoencoder
+    from latentkit.denoisers.unet import UNetModel
+
 __all__ = [
     "SD_SCALING_FACTOR",
     "CheckpointError",
@@ -61,17 +65,17 @@ __all__ = [
     "StableDiffusionConfig",
     "StableDiffusionTextConditioner",
     "build_stable_diffusion",
+    "build_stable_diffusion_parts",
+    "custom_config",
     "detect_stable_diffusion",
     "ldm_meta_state",
     "load_stable_diffusion",
-    "randomize_weights_",
     "released_config",
     "save_stable_diffusion",
     "text_conditioner",
-    "tiny_config",
     "to_ldm_state_dict",
     "to_ldm_state_dict_from",
-    "write_random_checkpoint",
+    "to_ldm_state_dict_from_parts",
 ]
 
 #: Latent scaling factor of the SD 1.x / 2.x autoencoder (``scale_factor`` in the LDM configs).
@@ -220,9 +224,13 @@ def text_conditioner(model: nn.Module) -> OpenCLIPTextConditioner:
 # --------------------------------------------------------------------------- building
 
 
-def _build_parts(
+def build_stable_diffusion_parts(
     config: StableDiffusionConfig,
-) -> tuple[nn.Module, nn.Module, StableDiffusionTextConditioner]:
+) -> tuple[UNetModel, KLAutoencoder, StableDiffusionTextConditioner]:
+    """The denoiser, first stage and text conditioner of architecture ``config``, randomly
+    initialised and not yet assembled (:func:`build_stable_diffusion` assembles them). Built
+    under ``torch.device("meta")`` they allocate nothing, for code that fills every weight
+    itself (the loader assigns the file's tensors)."""
     from latentkit.autoencoders.kl import KLAutoencoder
     from latentkit.denoisers.unet import UNetModel
 
@@ -268,7 +276,7 @@ def build_stable_diffusion(config: StableDiffusionConfig) -> Any:
     """A randomly initialised Stable Diffusion :class:`~latentkit.LatentDiffusion` of the given
     architecture (e.g. a reduced-width one for tests); :func:`save_stable_diffusion` writes it
     in the original single-file format."""
-    model = _assemble(config, *_build_parts(config))
+    model = _assemble(config, *build_stable_diffusion_parts(config))
     model.stable_diffusion = StableDiffusionCheckpoint(config=config)
     return model
 
@@ -277,24 +285,36 @@ def ldm_meta_state(config: StableDiffusionConfig) -> dict[str, torch.Tensor]:
     """Every key of a complete checkpoint of architecture ``config``, in the LDM format, as a
     meta tensor of the right shape (no memory is allocated)."""
     with torch.device("meta"):
-        parts = _build_parts(config)
-    return to_ldm_state_dict_from(*_own_states(*parts), config.family)
+        parts = build_stable_diffusion_parts(config)
+    return to_ldm_state_dict_from_parts(*parts, config.family)
 
 
-def _assemble_config(
+def custom_config(
     family: str,
     *,
-    sd2: bool,
-    inpainting: bool,
-    prediction_type: str | None,
-    unet: dict[str, Any],
-    autoencoder: dict[str, Any],
+    unet: Mapping[str, Any],
+    autoencoder: Mapping[str, Any],
     text_width: int,
     text_layers: int,
+    prediction_type: str | None = None,
 ) -> StableDiffusionConfig:
-    """The text tower of the family (SD 1.x: CLIP, quick-GELU, no projection; SD 2.x: OpenCLIP,
-    linear projection; 77 tokens, 49408-token vocabulary, 64-wide heads) and the default
-    prediction type (v for SD 2.x non-inpainting), around the given UNet and autoencoder."""
+    """An SD 1.x / 2.x architecture of one's own: the given UNet and autoencoder (keyword
+    arguments of :class:`~latentkit.denoisers.unet.UNetModel` and
+    :class:`~latentkit.autoencoders.kl.KLAutoencoder`) around the text tower of ``family``
+    (SD 1.x: CLIP, quick-GELU, no projection; SD 2.x: OpenCLIP, linear projection; both with
+    77 tokens, the 49408-token vocabulary and 64-wide heads) of ``text_width`` channels and
+    ``text_layers`` blocks. ``prediction_type`` ``None`` is the family's default: v for a
+    SD 2.x text-to-image UNet, eps otherwise (SD 1.x and inpainting). :func:`released_config`
+    is this with the released models' widths."""
+    if family not in ("sd1", "sd2"):
+        raise ValueError(f"family must be 'sd1' or 'sd2', got {family!r}")
+    if prediction_type is not None and prediction_type not in _PREDICTION_NAMES:
+        raise ValueError(
+            f"prediction_type must be one of {sorted(_PREDICTION_NAMES)}, got {prediction_type!r}"
+        )
+    sd2 = family == "sd2"
+    # the 9-channel inpainting UNet, as StableDiffusionConfig.inpainting reads it
+    inpainting = int(unet["in_channels"]) != int(unet.get("out_channels") or unet["in_channels"])
     text = {
         "text_cfg": {
             "context_length": 77,
@@ -313,53 +333,10 @@ def _assemble_config(
     return StableDiffusionConfig(
         family=family,
         prediction_type=_PREDICTION_NAMES[prediction_type],
-        unet=unet,
-        autoencoder=autoencoder,
+        unet=dict(unet),
+        autoencoder=dict(autoencoder),
         text=text,
     )
-
-
-def tiny_config(
-    family: str = "sd1", *, inpainting: bool = False, prediction_type: str | None = None
-) -> StableDiffusionConfig:
-    """A reduced-width architecture in the exact SD 1.x / 2.x key format (three UNet levels,
-    attention on the first two; a two-level autoencoder, f = 2; a small text tower with the
-    real 49408-token vocabulary and 77-token context). Builds in well under a second; for
-    tests, examples and CLI smoke runs. Widths follow the released models' head conventions,
-    so the detected config of a saved file equals this one."""
-    if family not in ("sd1", "sd2"):
-        raise ValueError(f"family must be 'sd1' or 'sd2', got {family!r}")
-    sd2 = family == "sd2"
-    width = 128 if sd2 else 64  # text width = UNet context width; heads = width / 64
-    mc = 64 if sd2 else 32  # SD 2.x uses 64 channels per head
-    unet: dict[str, Any] = dict(
-        in_channels=9 if inpainting else 4,
-        out_channels=4,
-        model_channels=mc,
-        channel_mult=(1, 2, 2),
-        num_res_blocks=1,
-        attention_resolutions=(1, 2),
-        transformer_depth=(1, 1, 0),
-        transformer_depth_middle=1,
-        crossattn_dim=width,
-        use_linear_in_transformer=sd2,
-        layout="CHW",
-    )
-    unet.update({"num_head_channels": 64} if sd2 else {"num_heads": 8})
-    autoencoder = dict(
-        config=None,
-        channels=3,
-        layout="CHW",
-        latent_channels=4,
-        base_channels=32,
-        channel_multipliers=(1, 2),
-        num_res_blocks=1,
-        norm_num_groups=32,
-        attention=True,
-    )
-    return _assemble_config(family, sd2=sd2, inpainting=inpainting, prediction_type=prediction_type,
-                            unet=unet, autoencoder=autoencoder, text_width=width,
-                            text_layers=3 if sd2 else 2)
 
 
 def released_config(
@@ -398,97 +375,14 @@ def released_config(
         attention=True,
     )
     width = 1024 if sd2 else 768
-    return _assemble_config(family, sd2=sd2, inpainting=inpainting, prediction_type=prediction_type,
-                            unet=unet, autoencoder=autoencoder, text_width=width,
-                            text_layers=24 if sd2 else 12)
-
-
-@torch.no_grad()
-def randomize_weights_(model: nn.Module, *, seed: int = 0, scale: float = 1.0) -> nn.Module:
-    """Draw every parameter of ``model`` at random, zero-initialised output layers included,
-    so that a random-weight model computes non-trivial outputs: normalisation gains
-    ``1 + 0.1 n``, biases ``0.1 n``, other weights ``n * scale / sqrt(fan_in)`` with ``n``
-    standard normal from a generator seeded with ``seed``. Returns ``model``."""
-    gen = torch.Generator().manual_seed(int(seed))
-    for name, p in model.named_parameters():
-        if p.ndim == 1 and name.endswith("weight"):
-            p.normal_(1.0, 0.1, generator=gen)
-        elif p.ndim <= 1:
-            p.normal_(0.0, 0.1, generator=gen)
-        else:
-            p.normal_(0.0, scale / max(1.0, p[0].numel()) ** 0.5, generator=gen)
-    return model
-
-
-def _ldm_schedule_buffers() -> dict[str, torch.Tensor]:
-    """The DDPM buffers an LDM training checkpoint carries (``DDPM.register_schedule`` with
-    SD's scaled-linear betas), float32."""
-    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
-    alphas_cumprod = torch.cumprod(1.0 - betas, 0)
-    prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
-    posterior_variance = betas * (1.0 - prev) / (1.0 - alphas_cumprod)
-    out = {
-        "betas": betas,
-        "alphas_cumprod": alphas_cumprod,
-        "alphas_cumprod_prev": prev,
-        "sqrt_alphas_cumprod": alphas_cumprod.sqrt(),
-        "sqrt_one_minus_alphas_cumprod": (1.0 - alphas_cumprod).sqrt(),
-        "log_one_minus_alphas_cumprod": (1.0 - alphas_cumprod).log(),
-        "sqrt_recip_alphas_cumprod": alphas_cumprod.rsqrt(),
-        "sqrt_recipm1_alphas_cumprod": (1.0 / alphas_cumprod - 1.0).sqrt(),
-        "posterior_variance": posterior_variance,
-        "posterior_log_variance_clipped": posterior_variance.clamp(min=1e-20).log(),
-        "posterior_mean_coef1": betas * prev.sqrt() / (1.0 - alphas_cumprod),
-        "posterior_mean_coef2": (1.0 - prev) * (1.0 - betas).sqrt() / (1.0 - alphas_cumprod),
-    }
-    return {k: v.float() for k, v in out.items()}
-
-
-def write_random_checkpoint(
-    path: str | os.PathLike[str],
-    config: StableDiffusionConfig | None = None,
-    *,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float32,
-    ema: bool = False,
-    ldm_extras: bool = True,
-) -> Path:
-    """Write a random-weight checkpoint in the exact SD single-file format (default
-    architecture: :func:`tiny_config`), as a stand-in for real weights in tests and smoke runs.
-
-    Every weight is drawn (:func:`randomize_weights_`). ``ema`` adds a ``model_ema.*`` copy of
-    the UNet with other random values plus LDM's EMA counters; ``ldm_extras`` adds what
-    training checkpoints carry besides weights (DDPM schedule buffers, CLIP's
-    ``position_ids`` or OpenCLIP's ``logit_scale``)."""
-    config = tiny_config() if config is None else config
-    with torch.device("meta"):  # skip the default initialisation: every weight is drawn anyway
-        parts = _build_parts(config)
-    for part in parts:
-        randomize_weights_(part.to_empty(device="cpu"), seed=seed)
-        seed += 1
-    weights = to_ldm_state_dict_from(*_own_states(*parts), config.family)
-    state = {k: v.to(dtype) for k, v in weights.items()}
-    if ldm_extras:
-        state.update(_ldm_schedule_buffers())
-        if config.family == "sd1":
-            context = int(config.text["text_cfg"]["context_length"])
-            state[CLIP_PREFIX + "embeddings.position_ids"] = torch.arange(context)[None]
-        else:
-            state[OPENCLIP_PREFIX + "logit_scale"] = torch.tensor(4.6052)
-    if ema:
-        gen = torch.Generator().manual_seed(int(seed) + 1)
-        for key, value in list(state.items()):
-            if key.startswith(UNET_PREFIX):
-                noise = 0.01 * torch.randn(value.shape, generator=gen)
-                state[sd_keys.ema_key(key[len(UNET_PREFIX) :])] = (value.float() + noise).to(dtype)
-        state["model_ema.decay"] = torch.tensor(0.9999)
-        state["model_ema.num_updates"] = torch.tensor(1000, dtype=torch.int32)
-    meta = (
-        {"prediction_type": config.prediction_type}
-        if Path(path).suffix in (".safetensors", ".sft")
-        else {}
+    return custom_config(
+        family,
+        unet=unet,
+        autoencoder=autoencoder,
+        text_width=width,
+        text_layers=24 if sd2 else 12,
+        prediction_type=prediction_type,
     )
-    return write_checkpoint(state, path, metadata=meta)
 
 
 # --------------------------------------------------------------------------- model <-> LDM keys
@@ -525,11 +419,19 @@ def _own_states(
     return dict(denoiser.state_dict()), vae, dict(text.text.state_dict())
 
 
+def to_ldm_state_dict_from_parts(
+    denoiser: nn.Module, autoencoder: nn.Module, text: OpenCLIPTextConditioner, family: str
+) -> dict[str, torch.Tensor]:
+    """The weights of the three parts (as :func:`build_stable_diffusion_parts` returns them)
+    under the LDM key names of ``family`` (``"sd1"`` or ``"sd2"``); works on meta tensors.
+    The latent normalisation buffers are not weights of an LDM file and are left out."""
+    return to_ldm_state_dict_from(*_own_states(denoiser, autoencoder, text), family)
+
+
 def to_ldm_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's weights under the original LDM / Stable Diffusion key names (views of the
     parameters where the layout allows; q, k, v are split out of open_clip's ``in_proj``)."""
-    denoiser, autoencoder, text, family = _sd_parts(model)
-    return to_ldm_state_dict_from(*_own_states(denoiser, autoencoder, text), family)
+    return to_ldm_state_dict_from_parts(*_sd_parts(model))
 
 
 # --------------------------------------------------------------------------- detection
@@ -792,7 +694,7 @@ def load_stable_diffusion(
     config, reason = _detect(raw, prediction_type, overrides or {})
     state = raw.state
     with torch.device("meta"):  # no memory for the random initialisation
-        denoiser, autoencoder, text = _build_parts(config)
+        denoiser, autoencoder, text = build_stable_diffusion_parts(config)
     family = config.family
     unet_own, vae_own, tower_own = _own_states(denoiser, autoencoder, text)
     expected = to_ldm_state_dict_from(unet_own, vae_own, tower_own, family)

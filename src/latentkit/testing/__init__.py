@@ -9,7 +9,9 @@ One decorator checks a component against every contract of its kind::
         check(component)
 
 See ``docs/testing.md``. Hypothesis strategies live in :mod:`latentkit.testing.strategies`;
-closed-form Gaussian data for sampler tests in :class:`GaussianData`.
+closed-form Gaussian data for sampler tests in :class:`GaussianData`; tiny Stable Diffusion
+configs and random single-file checkpoints in :mod:`latentkit.testing.stable_diffusion`
+(imported on its own).
 """
 
 from __future__ import annotations

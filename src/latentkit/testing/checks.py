@@ -38,7 +38,7 @@ from torch import nn
 from latentkit.composition import component_label
 from latentkit.errors import LatentkitError, ShapeError
 from latentkit.interfaces import Autoencoder, Conditioner, Denoiser, Sampler, Schedule
-from latentkit.plugins import ComponentInfo, get_plugin_manager, list_components
+from latentkit.plugins import ComponentInfo, get_plugin_manager, list_components, stamp_identity
 from latentkit.random import generators_from_seed
 from latentkit.specs import LAYOUTS, Conditioning, ConditioningSpec, DataSpec, LatentSpec
 from latentkit.testing.gaussian import GaussianData
@@ -1632,11 +1632,7 @@ def _build(info: ComponentInfo) -> list[tuple[str | None, Any]]:
 
     def make(cfg: Mapping[str, Any]) -> Any:
         factory = info.resolve()
-        obj = factory(**cfg)
-        with contextlib.suppress(AttributeError, TypeError):
-            if getattr(obj, "latentkit_name", None) is None:
-                obj.latentkit_name = (info.kind, info.name)
-                obj.latentkit_config = dict(cfg)
+        obj = stamp_identity(factory(**cfg), info.kind, info.name, cfg, keep_existing=True)
         _remember_factory(obj, factory, cfg)
         return obj
 

@@ -24,6 +24,7 @@ __all__ = [
     "barrier",
     "init_distributed",
     "is_main_process",
+    "wrap_ddp",
 ]
 
 
@@ -139,3 +140,12 @@ def unwrap(module: torch.nn.Module) -> torch.nn.Module:
             module_ = module_._orig_mod
         else:
             return module_  # type: ignore[no-any-return]
+
+
+def wrap_ddp(module: torch.nn.Module, device: torch.device, *, find_unused_parameters: bool) -> torch.nn.Module:
+    """``module`` in ``DistributedDataParallel`` for this process's ``device``."""
+    return torch.nn.parallel.DistributedDataParallel(
+        module,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=find_unused_parameters,
+    )

@@ -54,7 +54,7 @@ def _write_gif(samples: torch.Tensor, path: Path, captions: Sequence[str] | None
 
 def _write_filmstrip(samples: torch.Tensor, path: Path, captions: Sequence[str] | None,
                      value_range: tuple[float, float]) -> Path:
-    from latentkit.training import save_image_grid
+    from latentkit.samples import save_image_grid
 
     n, _, frames = samples.shape[:3]
     tiles = [samples[i, :, t] for i in range(n) for t in range(frames)]  # (C, H, W) each

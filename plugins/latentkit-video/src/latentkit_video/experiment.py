@@ -35,7 +35,7 @@ from typing import Any
 import attrs
 import latentkit
 import torch
-from latentkit.training import Trainer, TrainingConfig, WarmupDecay
+from latentkit.training import Trainer, TrainingConfig
 
 from latentkit_video.datasets import (
     DIRECTIONS,
@@ -296,43 +296,6 @@ def caption_influence(
     return out
 
 
-class _BudgetTrainer(Trainer):
-    """The shared trainer with a wall-clock budget: once ``time_budget`` seconds of training
-    have passed it ends the run at the current step (by lowering ``config.max_steps``, so
-    :meth:`Trainer.fit` saves the final checkpoint and fires ``train_end`` as usual).
-
-    The learning-rate schedule is stretched to the time: from step 10 on, every 10 steps,
-    the decay horizon of each scheduler's :class:`~latentkit.training.WarmupDecay` is set
-    to the number of steps projected to fit in the budget (at most ``max_steps``), so the
-    cosine decay ends when the time does rather than at a step count never reached.
-    """
-
-    def __init__(self, *args: Any, time_budget: float, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.time_budget = float(time_budget)
-        self.stopped_by_budget = False
-        self._budget_start: float | None = None
-        self._step_cap = self.config.max_steps
-
-    def train_step(self) -> dict[str, float]:
-        """One optimizer step, then the budget check (see the class doc)."""
-        if self._budget_start is None:
-            self._budget_start = time.perf_counter()
-        metrics = super().train_step()
-        elapsed = time.perf_counter() - self._budget_start
-        if elapsed >= self.time_budget and self.step < self.config.max_steps:
-            self.config.max_steps = self.step  # fit() ends after this step
-            self.stopped_by_budget = True
-        elif self.step >= 10 and self.step % 10 == 0:
-            projected = int(self.step * self.time_budget / max(elapsed, 1e-9))
-            horizon = max(self.step + 1, min(self._step_cap, projected))
-            for group in self.groups:
-                for fn in group.scheduler.lr_lambdas:
-                    if isinstance(fn, WarmupDecay):
-                        fn.max_steps = horizon
-        return metrics
-
-
 def run(
     steps: int = DEFAULT_STEPS,
     *,
@@ -355,9 +318,9 @@ def run(
     then sample and measure direction adherence (writing a GIF and a filmstrip of the samples).
 
     With ``time_budget`` (seconds of training, not counting model construction and the
-    evaluation) training stops at the first step that ends past the budget, the cosine decay
-    is fitted to the steps that fit in it (see :class:`_BudgetTrainer`), and the model is
-    evaluated as usual; ``steps`` is then an upper bound.
+    evaluation: the trainer's ``max_seconds``) training stops at the first step that ends past
+    the budget, the trainer fits the cosine decay to the steps that fit in it, and the model
+    is evaluated as usual; ``steps`` is then an upper bound.
     """
     output_dir = Path(output_dir)
     model = build_model(seed, denoiser_overrides, schedule_overrides, conditioner_overrides, model_overrides)
@@ -366,12 +329,11 @@ def run(
         output_dir=str(output_dir), max_steps=steps, batch_size=batch_size, lr=lr,
         warmup_steps=min(100, steps // 10), lr_decay="cosine", min_lr_ratio=0.05,
         ema_decay=None, checkpoint_every=steps, keep_last=1, resume=False, seed=seed,
-        log_every=50, progress=progress, device=device,
+        log_every=50, progress=progress, device=device, max_seconds=time_budget,
         # the Conv3d weights of the temporal layers have no channels_last form
         channels_last=False,
     )
-    trainer = (_BudgetTrainer(model, dataset, config, time_budget=time_budget)
-               if time_budget is not None else Trainer(model, dataset, config))
+    trainer = Trainer(model, dataset, config)
     start = time.perf_counter()
     metrics = trainer.fit()
     if trainer.device.type == "cuda":
@@ -396,7 +358,7 @@ def run(
         adherence=adherence, per_direction=per, samples=len(prompts), train_seconds=train_seconds,
         sample_seconds=sample_seconds, steps=trainer.step,
         final_loss=float(metrics.get("loss", float("nan"))),
-        stopped_by_budget=bool(getattr(trainer, "stopped_by_budget", False)),
+        stopped_by_budget=trainer.stop_reason == "max_seconds",
         coherence=coherence, temporal_influence=influence, caption_influence=caption,
     )
 

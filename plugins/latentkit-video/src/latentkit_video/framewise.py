@@ -97,6 +97,11 @@ class FrameWiseAutoencoder(Autoencoder):
         return einops.rearrange(x, "(b t) c h w -> b c t h w", t=frames)
 
     @property
+    def is_pixel_space(self) -> bool:
+        """Whether the wrapped image autoencoder is (``framewise`` around ``identity`` is)."""
+        return self.image.is_pixel_space
+
+    @property
     def image_latent_spec(self) -> LatentSpec:
         """The wrapped image autoencoder's latent spec (with this module's normalisation)."""
         return attrs.evolve(self.image.latent_spec, scaling_factor=float(self.scaling_factor),

@@ -16,7 +16,6 @@ appends its result as one JSON line (:func:`main`).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import time
@@ -230,55 +229,22 @@ class _CachedDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
         return self.items[index]
 
 
-def _schedules(trainer: Any) -> list[Any]:
-    """The trainer's :class:`~latentkit.training.WarmupDecay` multipliers (one per optimizer)."""
-    return [fn for group in trainer.groups for fn in group.scheduler.lr_lambdas if hasattr(fn, "max_steps")]
+class _Report:
+    """Lifecycle hooks of one run: a line with the loss and lr every ``every`` seconds."""
 
+    def __init__(self, every: float, tag: str) -> None:
+        self.every = float(every)
+        self.tag = tag
+        self.start = self.last = time.perf_counter()
 
-def _fit_within(trainer: Any, max_steps: int, deadline: float | None, *, checkpoint: bool,
-                report_every: float | None = None, tag: str = "") -> dict[str, float]:
-    """The shared trainer's loop (:meth:`Trainer.fit`, lifecycle hooks included: EMA, CSV,
-    progress) that also stops at ``deadline`` (a ``time.perf_counter()`` value).
-
-    With a deadline the lr schedule is re-planned as it goes: every 25 steps the steps still
-    affordable are estimated from the measured step time (since step 10, past CUDA start-up)
-    and the decay's end is moved to that step (never past ``max_steps``), so a run cut short by
-    time still ends its cosine decay instead of stopping at the peak lr."""
-    metrics: dict[str, float] = {}
-    schedules = _schedules(trainer)
-    t_start = time.perf_counter()
-    last_report = t_start
-    t_ref: float | None = None
-    try:
-        trainer.hook.latentkit_train_start(trainer=trainer)
-        while trainer.step < max_steps:
-            if deadline is not None and time.perf_counter() >= deadline:
-                break
-            metrics = trainer.train_step()
-            trainer.hook.latentkit_train_step_end(trainer=trainer, step=trainer.step, metrics=metrics)
-            now = time.perf_counter()
-            if deadline is not None:
-                if trainer.step == 10:
-                    t_ref = now
-                elif t_ref is not None and trainer.step % 25 == 0:
-                    per_step = (now - t_ref) / (trainer.step - 10)
-                    affordable = trainer.step + int(0.97 * max(0.0, deadline - now) / max(per_step, 1e-9))
-                    planned = max(trainer.step + 1, min(max_steps, affordable))
-                    for fn in schedules:
-                        fn.max_steps = planned
-            if report_every is not None and now - last_report >= report_every:
-                last_report = now
-                print(f"{tag}step {trainer.step} loss {metrics.get('loss', float('nan')):.4f} "
-                      f"lr {metrics.get('lr', float('nan')):.2e} {now - t_start:.0f} s", flush=True)
-        if checkpoint and trainer.step > 0:
-            trainer.save_checkpoint()
-        trainer.hook.latentkit_train_end(trainer=trainer, step=trainer.step)
-    finally:
-        while trainer._cleanups:
-            fn = trainer._cleanups.pop()
-            with contextlib.suppress(Exception):  # closing loggers must not hide the result
-                fn()
-    return metrics
+    @latentkit.hookimpl
+    def latentkit_train_step_end(self, trainer: Any, step: int, metrics: dict[str, float]) -> None:
+        """Print the step's line when ``every`` seconds have passed since the last one."""
+        now = time.perf_counter()
+        if now - self.last >= self.every:
+            self.last = now
+            print(f"{self.tag}step {step} loss {metrics.get('loss', float('nan')):.4f} "
+                  f"lr {metrics.get('lr', float('nan')):.2e} {now - self.start:.0f} s", flush=True)
 
 
 def train_primitives(
@@ -331,9 +297,9 @@ def train_primitives(
 
     ``device`` is the trainer's device (``"cpu"``, ``"cuda"``, ``"auto"``). ``time_budget``
     (seconds of wall clock from this call, setup included) stops training early when it runs
-    out, after re-planning the cosine decay to end where the time does (see
-    :func:`_fit_within`); sampling and evaluation then run as usual, so leave them some time
-    outside the budget. ``checkpoint`` writes the final checkpoint; ``cache_data`` computes the
+    out; the trainer (its ``max_seconds``) re-plans the cosine decay to end where the time
+    does. Sampling and evaluation then run as usual, so leave them some time outside the
+    budget. ``checkpoint`` writes the final checkpoint; ``cache_data`` computes the
     dataset's items once (the same items). ``extra_guidance`` evaluates the same weights at
     further guidance scales (:attr:`PrimitivesResult.extra`). ``report_every`` prints a line
     every that many seconds (prefixed by ``log_prefix``) while training under a budget or without
@@ -341,7 +307,6 @@ def train_primitives(
     from latentkit.training import Trainer, TrainingConfig
 
     t_call = time.perf_counter()
-    deadline = None if time_budget is None else t_call + float(time_budget)
     torch.manual_seed(seed)
     dataset = latentkit.create("dataset", "volume_primitives", resolution=resolution,
                                length=dataset_length, seed=seed, shapes=list(shapes), rotate=rotate,
@@ -352,20 +317,21 @@ def train_primitives(
                                    denoiser_config=denoiser_config, conditioning=conditioning,
                                    cond_dropout=cond_dropout)
     warmup = min(100, steps // 10) if warmup_steps is None else int(warmup_steps)
+    # the budget counts from this call: what setup took is not left for training
+    max_seconds = None if time_budget is None else max(1e-3, float(time_budget) - (time.perf_counter() - t_call))
     config = TrainingConfig(output_dir=str(output_dir), max_steps=steps, batch_size=batch_size, lr=lr,
                             warmup_steps=warmup, lr_decay="cosine", min_lr_ratio=0.1,
-                            ema_decay=ema_decay, checkpoint_every=steps, seed=seed, progress=progress,
-                            log_every=max(1, steps // 20), device=device, resume=False,
+                            ema_decay=ema_decay, checkpoint_every=steps if checkpoint else 0, seed=seed,
+                            progress=progress, log_every=max(1, steps // 20), device=device, resume=False,
+                            max_seconds=max_seconds,
                             # the trainer's CUDA default (channels_last) is a 4-D format: 5-D
                             # Conv3d weights refuse it, so volumes keep the default layout
                             channels_last=False)
-    trainer = Trainer(model, dataset, config)
+    reporting = (_Report(report_every, log_prefix),) if report_every is not None and (
+        time_budget is not None or not checkpoint) else ()
+    trainer = Trainer(model, dataset, config, plugins=reporting)
     t0 = time.perf_counter()
-    if deadline is None and checkpoint:
-        metrics = trainer.fit()
-    else:
-        metrics = _fit_within(trainer, steps, deadline, checkpoint=checkpoint,
-                             report_every=report_every, tag=log_prefix)
+    metrics = trainer.fit()
     if device != "cpu" and torch.cuda.is_available():
         torch.cuda.synchronize()
     train_seconds = time.perf_counter() - t0

@@ -18,6 +18,7 @@ __all__ = [
     "latentkit_register_autoencoders",
     "latentkit_register_datasets",
     "latentkit_register_denoisers",
+    "latentkit_register_models",
     "latentkit_write_samples",
 ]
 
@@ -68,4 +69,15 @@ def latentkit_register_datasets(registry: Registrar) -> None:
         "volume_npy",
         "latentkit_volume.data:NpyVolumeDataset",
         summary="A folder of .npy volume grids, captions from captions.jsonl or sidecar .txt",
+    )
+
+
+@latentkit.hookimpl
+def latentkit_register_models(registry: Registrar) -> None:
+    """Register ``volume_sdf_autoencoder``: a config trains it with ``[model] kind =
+    "volume_sdf_autoencoder"`` and an ``[autoencoder]`` table."""
+    registry.add(
+        "volume_sdf_autoencoder",
+        "latentkit_volume.losses:VolumeAutoencoderLoss",
+        summary="a volume autoencoder in the SDF-aware loss (near-surface L1 + eikonal + KL) or occupancy BCE",
     )

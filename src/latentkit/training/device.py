@@ -1,0 +1,71 @@
+"""Where training runs: the device a trainer uses, channels-last storage, and batches moved
+onto the device."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from latentkit.training.distributed import DistributedInfo
+
+__all__ = ["batch_size_of", "resolve_device", "to_channels_last", "to_device"]
+
+#: The channels-last memory format of each tensor rank that has one (images, video / volumes).
+CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
+def resolve_device(name: str, info: DistributedInfo) -> torch.device:
+    """The device ``name`` means for this process: ``"auto"`` is CUDA when available
+    (``cuda:LOCAL_RANK``) else the CPU; a bare ``"cuda"`` gets this rank's index."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", info.local_rank % torch.cuda.device_count())
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", info.local_rank % max(1, torch.cuda.device_count()))
+    return device
+
+
+def to_channels_last(module: nn.Module) -> nn.Module:
+    """Store every 4-D parameter and buffer channels-last and every 5-D one channels-last-3d
+    (``module.to(memory_format=...)`` refuses a model that mixes 2-D and 3-D convolutions)."""
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        if tensor.ndim in CHANNELS_LAST:
+            tensor.data = tensor.data.contiguous(memory_format=CHANNELS_LAST[tensor.ndim])
+    return module
+
+
+def to_device(batch: Any, device: torch.device, channels_last: bool) -> Any:
+    """``batch`` (tensors in dicts, lists and tuples) on ``device``, floating 4-D / 5-D
+    tensors channels-last when asked."""
+    if isinstance(batch, torch.Tensor):
+        out = batch.to(device, non_blocking=True)
+        if channels_last and out.is_floating_point() and out.ndim in CHANNELS_LAST:
+            out = out.contiguous(memory_format=CHANNELS_LAST[out.ndim])
+        return out
+    if isinstance(batch, Mapping):
+        return {k: to_device(v, device, channels_last) for k, v in batch.items()}
+    if isinstance(batch, list):
+        return [to_device(v, device, channels_last) for v in batch]
+    if isinstance(batch, tuple):
+        return tuple(to_device(v, device, channels_last) for v in batch)
+    return batch
+
+
+def batch_size_of(batch: Any) -> int:
+    """Items in ``batch``: the leading size of its first tensor (0 when it has none)."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0])
+    if isinstance(batch, Mapping):
+        for v in batch.values():
+            n = batch_size_of(v)
+            if n:
+                return n
+    if isinstance(batch, (list, tuple)) and batch:
+        return len(batch) if not isinstance(batch[0], torch.Tensor) else batch_size_of(batch[0])
+    return 0

@@ -1,0 +1,326 @@
+"""The application layer: the trainer owns EMA and stopping (time budget, request_stop),
+hooks for one run, trainable models as registered components, and the package's layering
+(no module imports a layer above its own; the plugin distributions use no private state)."""
+
+from __future__ import annotations
+
+import ast
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import latentkit
+from latentkit.errors import ConfigError, PluginError
+from latentkit.experiment import build_model, loads_config
+from latentkit.plugins import PluginManager, Registrar
+from latentkit.training import Trainer, TrainingConfig, WarmupDecay, latest_checkpoint, load_weights
+from latentkit.training.checkpoint import checkpoint_dirs
+from test_trainer import TinyData, TinyModel
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cfg(tmp_path: Path, **kw: Any) -> TrainingConfig:
+    base: dict[str, Any] = dict(output_dir=str(tmp_path), max_steps=6, batch_size=4, lr=1e-2,
+                                ema_decay=0.9, checkpoint_every=6, progress=False, log_every=1)
+    base.update(kw)
+    return TrainingConfig(**base)
+
+
+# ----------------------------------------------------------------------- EMA
+
+
+def test_ema_is_the_trainers_own_with_the_builtin_plugins_blocked(tmp_path: Path) -> None:
+    """Blocking latentkit.training.plugins (loggers, bars, grids) must not freeze the EMA at
+    the initial weights: both runs save the same EMA, and it moved."""
+    saved = {}
+    for blocked in (False, True):
+        pm = PluginManager(autoload=False, block=["latentkit.training.plugins"] if blocked else [])
+        torch.manual_seed(0)
+        model = TinyModel()
+        initial = {k: v.clone() for k, v in model.state_dict().items()}
+        out = tmp_path / str(blocked)
+        trainer = Trainer(model, TinyData(), _cfg(out), plugin_manager=pm)
+        trainer.fit()
+        assert trainer.ema is not None and trainer.ema.num_updates == 6
+        saved[blocked] = load_weights(out, ema=True)
+        assert not (out / "metrics.csv").exists() if blocked else (out / "metrics.csv").exists()
+        assert any(not torch.equal(saved[blocked][k], initial[k]) for k in initial)
+    for key, value in saved[False].items():
+        assert torch.equal(saved[True][key], value), key
+
+
+# ----------------------------------------------------------------------- stopping
+
+
+class Clocked(TinyModel):
+    """Each loss call is one second of a fake clock: a time budget in steps, exactly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def loss(self, batch: dict[str, Any], *, generator: torch.Generator | None = None) -> Any:
+        self.calls += 1
+        return super().loss(batch, generator=generator)
+
+
+class LrRecorder:
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+        self.reasons: list[str | None] = []
+
+    @latentkit.hookimpl
+    def latentkit_train_step_end(self, trainer: Any, step: int, metrics: dict[str, float]) -> None:
+        self.lrs.append(metrics["lr"])
+        self.reasons.append(trainer.stop_reason)
+
+
+def _budget_run(out: Path, max_seconds: float) -> tuple[Trainer, LrRecorder]:
+    torch.manual_seed(0)
+    model = Clocked()
+    recorder = LrRecorder()
+    cfg = _cfg(out, max_steps=1000, max_seconds=max_seconds, warmup_steps=4, lr_decay="cosine",
+               min_lr_ratio=0.1, checkpoint_every=1000)
+    trainer = Trainer(model, TinyData(), cfg, plugin_manager=PluginManager(autoload=False),
+                      plugins=[recorder], clock=lambda: float(model.calls))
+    trainer.fit()
+    return trainer, recorder
+
+
+def test_a_time_budget_stops_at_the_budget_with_a_checkpoint_and_a_fitted_lr_decay(tmp_path: Path) -> None:
+    trainer, recorder = _budget_run(tmp_path, 20.0)
+    assert trainer.step == 20 and trainer.stop_reason == "max_seconds" and trainer.train_seconds == 20.0
+    assert [s for s, _ in checkpoint_dirs(tmp_path / "checkpoints")] == [20]
+    # the cosine decay ends at the step the budget ends at, not at max_steps = 1000: the lr of
+    # every step is that of a run planned for 20 steps
+    planned = WarmupDecay(4, 20, "cosine", 0.1)
+    assert recorder.lrs == pytest.approx([1e-2 * planned(s) for s in range(20)], rel=1e-6)
+    assert recorder.lrs[-1] < 0.12 * 1e-2
+    # the hooks of the last step already know why it is the last
+    assert recorder.reasons[-1] == "max_seconds" and set(recorder.reasons[:-1]) == {None}
+
+
+def test_the_time_budget_counts_across_a_resume(tmp_path: Path) -> None:
+    first, _ = _budget_run(tmp_path, 8.0)
+    assert first.step == 8
+    resumed, _ = _budget_run(tmp_path, 12.0)  # 4 more seconds, in the same run directory
+    assert resumed.step == 12 and resumed.train_seconds == 12.0 and resumed.stop_reason == "max_seconds"
+    assert latest_checkpoint(tmp_path / "checkpoints").state["train_seconds"] == 12.0  # type: ignore[union-attr]
+
+
+def test_request_stop_from_a_hook_of_this_run_only(tmp_path: Path) -> None:
+    class StopAtThree:
+        @latentkit.hookimpl
+        def latentkit_train_step_end(self, trainer: Any, step: int, metrics: dict[str, float]) -> None:
+            if step == 3:
+                trainer.request_stop("enough")
+
+    pm = PluginManager(autoload=False)
+    stopper = StopAtThree()
+    trainer = Trainer(TinyModel(), TinyData(), _cfg(tmp_path, max_steps=50, checkpoint_every=100),
+                      plugin_manager=pm, plugins=[stopper])
+    trainer.fit()
+    assert trainer.step == 3 and trainer.stop_reason == "enough"
+    assert [s for s, _ in checkpoint_dirs(tmp_path / "checkpoints")] == [3]
+    assert not pm.pm.is_registered(stopper)  # registered for that fit() only
+    assert Trainer(TinyModel(), TinyData(), _cfg(tmp_path / "b", max_steps=4), plugin_manager=pm).fit()
+    assert not (tmp_path / "b" / "checkpoints" / "step_00000003").exists()
+
+
+def test_checkpoint_every_zero_writes_no_checkpoint(tmp_path: Path) -> None:
+    trainer = Trainer(TinyModel(), TinyData(), _cfg(tmp_path, checkpoint_every=0),
+                      plugin_manager=PluginManager(autoload=False))
+    trainer.fit()
+    assert trainer.step == 6 and trainer.stop_reason == "max_steps"
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_budget_and_checkpoint_options_are_checked() -> None:
+    with pytest.raises(ConfigError, match=r"max_seconds must be > 0"):
+        TrainingConfig(max_seconds=0.0)
+    with pytest.raises(ConfigError, match=r"checkpoint_every must be >= 0"):
+        TrainingConfig(checkpoint_every=-1)
+
+
+# ----------------------------------------------------------------------- models by name
+
+
+class RegressionModel(torch.nn.Module):
+    """A training model for an autoencoder part, as a plugin would register one."""
+
+    def __init__(self, autoencoder: Any, scale: float = 1.0) -> None:
+        super().__init__()
+        self.autoencoder = autoencoder
+        self.head = torch.nn.Conv2d(3, 3, 1)
+        self.scale = scale
+
+    def loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        x = batch["image"]
+        return self.scale * ((self.head(self.autoencoder.decode(self.autoencoder.encode(x).mode())) - x) ** 2).mean()
+
+
+class ModelPlugin:
+    @latentkit.hookimpl
+    def latentkit_register_models(self, registry: Registrar) -> None:
+        registry.add("regression_test", RegressionModel, summary="an in-test model")
+
+
+MODEL_CONFIG = """\
+[autoencoder]
+name = "identity"
+channels = 3
+
+[model]
+kind = "regression_test"
+scale = 2.0
+
+[data]
+name = "shapes"
+size = 8
+length = 8
+
+[training]
+max_steps = 1
+batch_size = 4
+progress = false
+"""
+
+
+@pytest.fixture(scope="module")
+def model_pm() -> PluginManager:
+    pm = PluginManager(autoload=False)
+    pm.register(ModelPlugin(), "model-plugin")
+    return pm
+
+
+def test_a_registered_model_is_named_by_kind(model_pm: PluginManager) -> None:
+    assert "regression_test" in {i.name for i in model_pm.list("model")}
+    assert {"diffusion", "autoencoder", "stable_diffusion"} <= {i.name for i in model_pm.list("model")}
+    model = build_model(loads_config(MODEL_CONFIG, manager=model_pm), manager=model_pm)
+    assert isinstance(model, RegressionModel) and model.scale == 2.0
+
+
+@pytest.mark.parametrize(("change", "expect"), [
+    (("scale = 2.0", "scael = 2.0"), r"\[model\] unknown key 'scael' for RegressionModel; allowed keys: kind, scale"),
+    (("[autoencoder]\nname = \"identity\"\nchannels = 3\n", ""), r"missing section \[autoencoder\], required for kind = 'regression_test'"),
+    (("[model]", "[schedule]\nname = \"linear\"\n\n[model]"), r"section \[schedule\] is not used when \[model\] kind = 'regression_test'"),
+    (('kind = "regression_test"', 'kind = "regresion_test"'), r"\[model\] kind must be .*'regression_test'.*got 'regresion_test'.*Did you mean 'regression_test'"),
+])
+def test_model_kind_errors_name_the_key_and_line(model_pm: PluginManager, change: tuple[str, str], expect: str) -> None:
+    text = MODEL_CONFIG.replace(*change)
+    with pytest.raises(ConfigError, match=expect) as info:
+        build_model(loads_config(text, path="exp.toml", manager=model_pm), manager=model_pm)
+    assert info.value.line is not None and str(info.value).startswith("exp.toml:")
+
+
+def test_the_loss_import_string_still_works_with_a_deprecation(model_pm: PluginManager) -> None:
+    text = MODEL_CONFIG.replace('kind = "regression_test"', 'kind = "autoencoder"\nloss = "test_application_layer:RegressionModel"')
+    with pytest.warns(DeprecationWarning, match="register the loss as a model"):
+        cfg = loads_config(text, manager=model_pm)
+    assert isinstance(build_model(cfg, manager=model_pm), RegressionModel)
+
+
+# ----------------------------------------------------------------------- plugins
+
+
+def test_a_misspelled_hook_is_a_broken_plugin_and_an_error_in_strict_mode() -> None:
+    class Misspelled:
+        @latentkit.hookimpl
+        def latentkit_register_sampler(self, registry: Registrar) -> None:  # no "s"
+            raise AssertionError("never called")
+
+    pm = PluginManager(autoload=False)
+    pm.load()
+    pm.register(Misspelled(), "misspelled")
+    (broken,) = [b for b in pm.broken if b.plugin == "misspelled"]
+    assert "latentkit_register_sampler" in broken.error and "did you mean 'latentkit_register_samplers'" in broken.error
+    strict = PluginManager(autoload=False, strict=True)
+    strict.load()
+    with pytest.raises(PluginError, match=r"latentkit_register_sampler.*no latentkit hook"):
+        strict.register(Misspelled(), "misspelled")
+
+
+# ----------------------------------------------------------------------- layering
+
+#: The layers of src/latentkit, lowest first: a module may import its own layer and lower ones.
+LAYERS: list[set[str]] = [
+    {"errors", "fileio", "validation", "specs", "random", "interfaces", "hookspecs", "plugins",
+     "composition", "layers", "models"},
+    {"autoencoders", "conditioners", "data", "denoisers", "samplers", "schedules"},
+    {"diffusion", "evaluation"},
+    {"interop", "samples"},
+    {"training", "testing"},
+    {"experiment"},
+    {"quickstart", "cli"},
+]
+
+
+def _imports(path: Path) -> set[str]:
+    """The latentkit subpackages ``path`` imports at run time (``TYPE_CHECKING`` blocks are
+    types only)."""
+    tree = ast.parse(path.read_text())
+    typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                   and "TYPE_CHECKING" in ast.unparse(node.test) for n in ast.walk(node)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        names = ([node.module] if isinstance(node, ast.ImportFrom) and node.module else
+                 [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+        found |= {n.split(".")[1] for n in names if n.startswith("latentkit.")}
+    return found
+
+
+def test_no_module_imports_a_higher_layer() -> None:
+    layer_of = {name: i for i, names in enumerate(LAYERS) for name in names}
+    src = ROOT / "src" / "latentkit"
+    listed = {p.stem if p.is_file() else p.name for p in src.iterdir()
+              if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").is_file()}
+    assert listed == set(layer_of), "every module has a layer"
+    upward = []
+    for path in src.rglob("*.py"):
+        rel = path.relative_to(src).parts
+        if rel == ("__init__.py",):
+            continue  # the public API: imports the diffusion core lazily, on first use
+        own = rel[0].removesuffix(".py")
+        upward += [f"{'/'.join(rel)} imports latentkit.{name}" for name in _imports(path)
+                   if layer_of[name] > layer_of[own]]
+    assert upward == []
+
+
+def test_the_plugin_distributions_use_no_private_state_of_the_core() -> None:
+    """No ``obj._name`` on anything but the plugin's own ``self`` / ``cls``, and no private
+    name imported from latentkit."""
+    found = []
+    for path in sorted(ROOT.glob("plugins/*/src/**/*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("latentkit."):
+                found += [f"{path.relative_to(ROOT)}:{node.lineno}: imports {a.name}"
+                          for a in node.names if a.name.startswith("_")]
+    assert found == []
+
+
+def test_hook_specs_type_the_trainer_with_the_view() -> None:
+    import inspect
+    import typing
+
+    from latentkit import hookspecs
+
+    for name in ("latentkit_train_start", "latentkit_train_step_end", "latentkit_checkpoint_saved",
+                 "latentkit_train_end"):
+        assert inspect.signature(getattr(hookspecs, name)).parameters["trainer"].annotation == "TrainerView"
+    # every attribute the view promises is one a Trainer has
+    trainer_attrs = {n for n in dir(hookspecs.TrainerView) if not n.startswith("_")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = Trainer(TinyModel(), TinyData(), TrainingConfig(progress=False),
+                          plugin_manager=PluginManager(autoload=False))
+    assert trainer_attrs <= set(dir(trainer)) and typing.get_type_hints(hookspecs.latentkit_train_end)

@@ -324,3 +324,97 @@ def test_hook_specs_type_the_trainer_with_the_view() -> None:
         trainer = Trainer(TinyModel(), TinyData(), TrainingConfig(progress=False),
                           plugin_manager=PluginManager(autoload=False))
     assert trainer_attrs <= set(dir(trainer)) and typing.get_type_hints(hookspecs.latentkit_train_end)
+
+
+DDP_BUDGET_SCRIPT = '''
+import json, os, sys, torch
+from torch import nn
+import latentkit
+from latentkit.plugins import PluginManager
+from latentkit.training import Trainer, TrainingConfig
+
+class Data(torch.utils.data.Dataset):
+    def __len__(self):
+        return 64
+    def __getitem__(self, i):
+        x = torch.full((4,), float(i) / 64)
+        return {"x": x, "y": x.sum(0, keepdim=True).sin()}
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Linear(4, 1)
+        self.calls = 0
+    def loss(self, batch):
+        self.calls += 1
+        return ((self.net(batch["x"]) - batch["y"]) ** 2).mean()
+
+rank = int(os.environ["RANK"])
+budget = sys.argv[2] == "budget"
+
+class Lrs:
+    def __init__(self):
+        self.lrs = []
+    @latentkit.hookimpl
+    def latentkit_train_step_end(self, trainer, step, metrics):
+        self.lrs.append(metrics["lr"])
+        if not budget and rank == 1 and step == 5:
+            trainer.request_stop()  # on one rank only
+
+torch.manual_seed(0)
+model, lrs = Model(), Lrs()
+cfg = TrainingConfig(output_dir=sys.argv[1], max_steps=1000, max_seconds=12.0 if budget else None, batch_size=4,
+                     lr=1e-2, warmup_steps=2, lr_decay="cosine", progress=False, checkpoint_every=1000)
+# the ranks' clocks disagree: one second per step on rank 0, three on rank 1
+trainer = Trainer(model, Data(), cfg, plugin_manager=PluginManager(autoload=False), plugins=[lrs],
+                  clock=lambda: float(model.calls * (1 + 2 * rank)))
+trainer.fit()
+with open(f"{sys.argv[1]}/rank{rank}.json", "w") as f:
+    json.dump({"rank": rank, "step": trainer.step, "reason": trainer.stop_reason, "lrs": lrs.lrs,
+               "weight": model.net.weight.detach().tolist()}, f)
+'''
+
+
+@pytest.mark.parametrize("mode", ["budget", "request"])
+def test_under_ddp_every_rank_stops_at_the_same_step(tmp_path: Path, mode: str) -> None:
+    """The time budget and the lr plan it makes are rank 0's, so both ranks stop at the same
+    step with the same lr at every step (different lrs would make the replicas drift apart);
+    a stop requested on one rank stops both at that step."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "budget.py"
+    script.write_text(DDP_BUDGET_SCRIPT)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), str(tmp_path / "run"), mode], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads((tmp_path / "run" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    step, reason = (12, "max_seconds") if mode == "budget" else (5, "requested")
+    assert results[0]["step"] == results[1]["step"] == step and {r["reason"] for r in results} == {reason}
+    assert results[0]["lrs"] == results[1]["lrs"] and results[0]["weight"] == results[1]["weight"]
+
+
+def test_a_model_built_with_a_manager_samples_through_it() -> None:
+    text = MODEL_CONFIG.replace('[model]\nkind = "regression_test"\nscale = 2.0\n', """[denoiser]
+name = "unet"
+model_channels = 8
+channel_mult = [1]
+num_res_blocks = 1
+attention_resolutions = []
+norm_groups = 4
+
+[schedule]
+name = "linear"
+
+[model]
+latent_size = [8, 8]
+""")
+    pm = PluginManager(autoload=False)
+    model = build_model(loads_config(text, manager=pm), manager=pm)
+    assert isinstance(model, latentkit.LatentDiffusion) and model.plugin_manager is pm
+    with pytest.raises(ConfigError, match=r"\[model\] unknown key 'plugin_manager'"):
+        build_model(loads_config(text.replace("latent_size", 'plugin_manager = "x"\nlatent_size'), manager=pm),
+                    manager=pm)

@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -428,7 +429,6 @@ def test_same_weights_same_outputs_as_diffusers() -> None:
 
 # --------------------------------------------------------------------------- atomic saving
 
-from pathlib import Path  # noqa: E402
 
 
 def _two_models_of_one_architecture() -> tuple[torch.nn.Module, torch.nn.Module]:

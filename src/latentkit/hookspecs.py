@@ -185,8 +185,8 @@ class TrainerView(Protocol):
     @property
     def stop_reason(self) -> str | None:
         """Why training ends (``"max_steps"``, ``"max_seconds"``, ``"requested"``, or a reason
-        given to :meth:`request_stop`): set before the hooks of the last step fire, ``None``
-        before."""
+        given to :meth:`request_stop`): set before the hooks of the last step fire (after
+        them, when a hook of that step requests the stop); ``None`` before."""
 
     def request_stop(self, reason: str = "requested") -> None:
         """End training after the current step, with a checkpoint of it."""

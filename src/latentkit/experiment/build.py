@@ -142,6 +142,8 @@ def build_model(config: ExperimentConfig, *, manager: PluginManager | None = Non
     except ConfigError as exc:
         raise config.error(exc.message, "model", "kind") from None
     parts = _build_parts(config, model_parts(factory), pm)
+    if manager is not None and "plugin_manager" in factory_parameters(factory)[0]:
+        parts["plugin_manager"] = manager  # the model samples through the manager that built it
     name = _model_name(factory, kind)
     return construct(config, factory, parts, source=kind, name=name, label=name, fixed="kind", key="kind")
 

@@ -1,11 +1,12 @@
 """Reading a TOML config into the checked schema (:mod:`latentkit.experiment.schema`).
 
 An unknown table or key, a value of the wrong type, an unknown component name or model kind,
-a missing table, or an option that the component's factory does not take raises
+a missing table, or an option that a component's factory does not take raises
 :class:`~latentkit.errors.ConfigError`, whose message names the file, the line and the key,
 and what is allowed there. Component options are checked against the registered factory's
 signature and type hints (:mod:`latentkit.validation`) of the plugin manager given, or of the
-process-wide one.
+process-wide one; the ``[model]`` options when the model is built
+(:func:`latentkit.experiment.build.build_model`), against the parts built.
 """
 
 from __future__ import annotations

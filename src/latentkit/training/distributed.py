@@ -20,6 +20,7 @@ from torch.utils.data import DistributedSampler, Sampler
 __all__ = [
     "DistributedInfo",
     "ResumableSampler",
+    "agree_on_stopping",
     "all_gather_objects",
     "barrier",
     "init_distributed",
@@ -86,6 +87,19 @@ def all_gather_objects(obj: Any) -> list[Any]:
         dist.all_gather_object(out, obj)
         return out
     return [obj]
+
+
+def agree_on_stopping(seconds: float, stop_requested: bool, device: torch.device) -> tuple[float, bool]:
+    """What every rank goes by after a step: rank 0's training time (its clock is the run's)
+    and whether any rank was asked to stop. One small all-reduce; without a process group,
+    the arguments themselves."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return seconds, stop_requested
+    rank0 = dist.get_rank() == 0
+    values = torch.tensor([seconds if rank0 else -1.0, float(stop_requested)], dtype=torch.float64,
+                          device=device if device.type == "cuda" else "cpu")
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return float(values[0]), bool(values[1] > 0)
 
 
 class ResumableSampler(Sampler[int]):

@@ -13,7 +13,7 @@ from torch import nn
 from latentkit.training.config import TrainingConfig
 from latentkit.training.protocol import uses_several_optimizers
 
-__all__ = ["OptimizerGroup", "WarmupDecay", "build_optimizers"]
+__all__ = ["OptimizerGroup", "WarmupDecay", "budget_horizon", "build_optimizers"]
 
 
 class WarmupDecay:
@@ -45,6 +45,17 @@ class WarmupDecay:
         p = min(1.0, max(0.0, (step - self.warmup_steps) / span))
         shape = 0.5 * (1.0 + math.cos(math.pi * p)) if self.decay == "cosine" else 1.0 - p
         return self.min_ratio + (1.0 - self.min_ratio) * shape
+
+
+def budget_horizon(step: int, seconds: float, since: tuple[int, float], budget: float, max_steps: int) -> int:
+    """The step a time budget is projected to end at, for the lr decay's horizon: ``step``
+    plus the seconds left of ``budget`` over the mean step time since ``since`` (a ``(step,
+    seconds)`` point after start-up, e.g. after a run's first step, which ``step`` is past),
+    at least ``step + 1`` and at most ``max_steps``."""
+    step0, seconds0 = since
+    per_step = (seconds - seconds0) / (step - step0)
+    projected = step + int(max(0.0, budget - seconds) / max(per_step, 1e-12))
+    return max(step + 1, min(max_steps, projected))
 
 
 @attrs.define

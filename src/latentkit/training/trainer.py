@@ -27,13 +27,20 @@ from torch import nn
 from torch.utils.data import default_collate
 
 from latentkit.errors import CheckpointError, ConfigError, LatentkitError
+from latentkit.plugins import PluginManager, get_plugin_manager
 from latentkit.training import checkpoint as ckpt_io
 from latentkit.training.config import TrainingConfig
 from latentkit.training.data import BatchStream
 from latentkit.training.device import batch_size_of, resolve_device, to_channels_last, to_device
-from latentkit.training.distributed import all_gather_objects, barrier, init_distributed, wrap_ddp
+from latentkit.training.distributed import (
+    agree_on_stopping,
+    all_gather_objects,
+    barrier,
+    init_distributed,
+    wrap_ddp,
+)
 from latentkit.training.ema import EMA
-from latentkit.training.optim import OptimizerGroup, WarmupDecay, build_optimizers
+from latentkit.training.optim import OptimizerGroup, WarmupDecay, budget_horizon, build_optimizers
 from latentkit.training.protocol import (
     LossModule,
     compile_loss,
@@ -74,7 +81,7 @@ class Trainer:
         config: TrainingConfig | None = None,
         *,
         collate_fn: Callable[[list[Any]], Any] | None = None,
-        plugin_manager: Any = None,
+        plugin_manager: PluginManager | None = None,
         plugins: Iterable[Any] = (),
         clock: Callable[[], float] = time.perf_counter,
         **overrides: Any,
@@ -100,8 +107,6 @@ class Trainer:
         self._cleanups: list[Callable[[], None]] = []
         self._stop_requested: str | None = None
         self._budget_start: tuple[int, float] | None = None  # (step, train_seconds) after this fit's first step
-
-        from latentkit.plugins import get_plugin_manager
 
         self.plugin_manager = plugin_manager or get_plugin_manager()
         self.plugin_manager.load()
@@ -176,8 +181,7 @@ class Trainer:
     def request_stop(self, reason: str = "requested") -> None:
         """End :meth:`fit` after the current step, with a checkpoint of it (callable from a
         hook, another thread or a signal handler); ``stop_reason`` becomes ``reason``. Under
-        DDP call it on every rank (a hook runs on every rank), as every rank must stop at the
-        same step."""
+        DDP a request on one rank stops every rank at the same step."""
         self._stop_requested = reason
 
     # ------------------------------------------------------------------ state
@@ -297,13 +301,10 @@ class Trainer:
         if last is None:
             existing = ckpt_io.checkpoint_dirs(self.checkpoint_dir)
             last = existing[-1][1] if existing else None
-        last_str = str(last) if last is not None else "none yet"
-        message = (
+        raise NonFiniteLossError(
             f"non-finite {what} ({value}) at step {self.step + 1} (optimizer {group!r}). Training "
-            f"stopped; no checkpoint was written after the last good one ({last_str}). Try a lower "
-            "lr, a warm-up, grad_clip, bf16 instead of fp16, or nonfinite = 'skip' to skip such steps."
-        )
-        raise NonFiniteLossError(message)
+            f"stopped; no checkpoint was written after the last good one ({last or 'none yet'}). Try a "
+            "lower lr, a warm-up, grad_clip, bf16 instead of fp16, or nonfinite = 'skip' to skip such steps.")
 
     def _optimizer_step(self, batches: Sequence[Any]) -> dict[str, float]:
         cfg = self.config
@@ -376,18 +377,13 @@ class Trainer:
         return metrics
 
     def _plan_decay(self) -> None:
-        """With a time budget, move the lr decay's end to the step the budget is projected to
-        end at: the steps done plus the seconds left over the mean step time of this
-        :meth:`fit` (its first step, which pays for start-up, left out), never past
-        ``max_steps``. The multiplier of the coming step is computed with the new horizon."""
-        budget = self.config.max_seconds
-        if budget is None or self._budget_start is None or self.step <= self._budget_start[0]:
-            return
-        step0, seconds0 = self._budget_start
-        per_step = (self.train_seconds - seconds0) / (self.step - step0)
-        left = max(0.0, budget - self.train_seconds)
-        projected = self.step + int(left / max(per_step, 1e-12))
-        horizon = max(self.step + 1, min(self.config.max_steps, projected))
+        """With a time budget, move the lr decay's end to where the budget is projected to
+        end (:func:`~latentkit.training.optim.budget_horizon`); the multiplier of the coming
+        step is computed with the new horizon."""
+        if self.config.max_seconds is None or self._budget_start is None or self.step <= self._budget_start[0]:
+            return  # no budget, or no step time measured yet in this fit()
+        horizon = budget_horizon(self.step, self.train_seconds, self._budget_start,
+                                 self.config.max_seconds, self.config.max_steps)
         for group in self.groups:
             group.schedule.max_steps = horizon
 
@@ -415,18 +411,23 @@ class Trainer:
         self.last_metrics = metrics
         return metrics
 
+    def _agree(self) -> bool:
+        """Under DDP, make every rank go by rank 0's training time (the same lr plan, the same
+        last step) and by a stop requested on any rank; returns whether a stop was requested."""
+        requested = self._stop_requested is not None
+        if self.dist.enabled:
+            self.train_seconds, requested = agree_on_stopping(self.train_seconds, requested, self.device)
+            if requested and self._stop_requested is None:
+                self._stop_requested = "requested"  # on another rank
+        return requested
+
     def _why_stop(self) -> str | None:
         """``"requested"`` (or the reason given to :meth:`request_stop`), ``"max_seconds"``,
-        ``"max_steps"`` or ``None`` to go on. Under DDP the budget is rank 0's clock, so that
-        every rank stops at the same step."""
+        ``"max_steps"`` or ``None`` to go on."""
         if self._stop_requested is not None:
             return self._stop_requested
-        if self.config.max_seconds is not None:
-            spent = self.train_seconds
-            if self.dist.enabled:
-                spent = float(all_gather_objects(spent)[0])
-            if spent >= self.config.max_seconds:
-                return "max_seconds"
+        if self.config.max_seconds is not None and self.train_seconds >= self.config.max_seconds:
+            return "max_seconds"
         if self.step >= self.config.max_steps:
             return "max_steps"
         return None
@@ -455,11 +456,14 @@ class Trainer:
                     now = self.clock()
                     self.train_seconds += now - last
                     last = now
+                    if self.config.max_seconds is not None:
+                        self._agree()  # rank 0's clock before the budget is judged
                     if self._budget_start is None:
                         self._budget_start = (self.step, self.train_seconds)
                     self.stop_reason = self._why_stop()  # hooks of the last step see why
                     self.hook.latentkit_train_step_end(trainer=self, step=self.step, metrics=metrics)
-                    self.stop_reason = self.stop_reason or self._stop_requested  # asked by a hook
+                    if self.stop_reason is None and self._agree():  # a hook asked
+                        self.stop_reason = self._stop_requested or "requested"
                     if self._checkpoint_due(self.stop_reason is not None):
                         self.save_checkpoint()  # its time (and the hooks') counts in the next step's
                 self.hook.latentkit_train_end(trainer=self, step=self.step)

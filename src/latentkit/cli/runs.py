@@ -1,18 +1,6 @@
-"""The ``latentkit`` command line.
-
-* ``latentkit plugins`` lists registered components per kind and the plugins that failed to
-  load; ``latentkit check`` runs the conformance kit over installed components;
-* ``latentkit train CONFIG`` trains what a TOML config describes (also under ``torchrun``);
-* ``latentkit sample RUN --prompt ...`` draws samples from a trained run (or, with
-  ``--checkpoint FILE``, from a Stable Diffusion single-file checkpoint) into a captioned PNG
-  grid, or into the files the plugin of the data layout writes (a GIF for video, meshes for
-  volumes: the ``latentkit_write_samples`` hook);
-* ``latentkit eval RUN`` measures prompt adherence (``shapes`` prompts) or reconstruction;
-* ``latentkit quickstart`` trains a small text-to-image latent diffusion model on the CPU.
-
-Every command takes ``--help``; a bad argument, config or checkpoint is a one-line error
-(exit status 2), not a traceback (set ``LATENTKIT_TRACEBACK=1`` to see one). See docs/cli.md.
-"""
+"""``latentkit train``, ``sample``, ``eval`` and ``quickstart``: argument parsing and printing
+around the experiment layer (:mod:`latentkit.experiment`: configs, runs) and the sampling
+pipeline (:mod:`latentkit.samples`)."""
 
 from __future__ import annotations
 
@@ -20,101 +8,11 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from latentkit.errors import LatentkitError, UnknownComponentError
-from latentkit.interfaces import KINDS
+__all__ = ["add_run_commands", "cmd_eval", "cmd_quickstart", "cmd_sample", "cmd_train"]
 
-__all__ = ["build_parser", "main"]
-
-CHECKED_KINDS = ("autoencoder", "denoiser", "conditioner", "sampler", "schedule")
-
-
-def _table(rows: Sequence[Sequence[str]], header: Sequence[str], out: TextIO, max_width: int = 60) -> None:
-    cells = [[str(c) if len(str(c)) <= max_width else str(c)[: max_width - 1] + "…" for c in r] for r in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(header)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    print(fmt.format(*header).rstrip(), file=out)
-    print("  ".join("-" * w for w in widths), file=out)
-    for r in cells:
-        print(fmt.format(*r).rstrip(), file=out)
-
-
-def cmd_plugins(args: argparse.Namespace, out: TextIO) -> int:
-    """Print a table of components per kind, then broken plugins with their errors."""
-    from latentkit.plugins import PluginManager
-
-    manager = PluginManager(strict=args.strict)
-    kinds = [args.kind] if args.kind else list(KINDS)
-    for kind in kinds:
-        infos = manager.list(kind)
-        print(f"\n{kind}s ({len(infos)})", file=out)
-        if infos:
-            _table(
-                [
-                    (i.name, i.summary, i.plugin, f"{i.distribution or '-'} {i.version or ''}".strip())
-                    for i in infos
-                ],
-                ("name", "summary", "plugin", "distribution"),
-                out,
-            )
-    if manager.broken:
-        print(f"\nbroken plugins ({len(manager.broken)}), skipped:", file=out)
-        for b in manager.broken:
-            dist = f"{b.distribution} {b.version or ''}".strip() if b.distribution else "unknown distribution"
-            print(f"  {b.plugin} ({dist}) at {b.stage}: {b.error}", file=out)
-            if args.verbose:
-                print("    " + b.traceback.replace("\n", "\n    "), file=out)
-    return 0
-
-
-def _select(names: Sequence[str], kind: str | None) -> list[Any]:
-    from latentkit.plugins import _suggest, get_plugin_manager
-
-    manager = get_plugin_manager()
-    kinds = [kind] if kind else list(CHECKED_KINDS)
-    infos = [i for k in kinds for i in manager.list(k)]
-    if not names:
-        return list(infos)
-    chosen = []
-    for spec in names:
-        k, _, n = spec.rpartition(":")
-        if k:
-            chosen.append(manager.get(k, n))
-            continue
-        matches = [i for i in infos if i.name == n]
-        if not matches:
-            raise UnknownComponentError(f"no component named {n!r}; {_suggest(n, {i.name for i in infos})}")
-        chosen.extend(matches)
-    return chosen
-
-
-def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
-    """Run the conformance kit (and optionally the combination checks); non-zero on failure."""
-    from latentkit import testing
-
-    results = []
-    if args.names or not args.combinations or args.all:
-        results += testing.run_checks(_select(args.names, args.kind))
-    if args.combinations:
-        from latentkit.testing.combinations import run_combinations
-
-        results += run_combinations(max_examples=args.max_examples)
-    rows = [
-        (r.kind, r.component, r.layout or "-", r.check, "PASS" if r.passed else "FAIL")
-        for r in results
-    ]
-    _table(rows, ("kind", "component", "layout", "check", "result"), out, max_width=70)
-    failed = [r for r in results if not r.passed]
-    for r in failed:
-        print(f"\nFAIL {r.kind}:{r.component} [{r.layout or '-'}] {r.check}\n  {r.message}", file=out)
-    print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed", file=out)
-    return 1 if failed else 0
-
-
-# ----------------------------------------------------------------------- train / sample / eval
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 
@@ -245,7 +143,7 @@ def cmd_sample(args: argparse.Namespace, out: TextIO) -> int:
 
     model, config = _load_for_sampling(args)
     drawn = _draw(model, config, args)
-    written = write_samples(drawn, args.out, nrow=args.num)
+    written = write_samples(drawn, args.out, nrow=args.num, plugin_manager=getattr(model, "plugin_manager", None))
     paths = written.paths
     what = "image(s)" if written.grid else f"{drawn.layout} sample(s)"
     if len(paths) == 1:
@@ -304,7 +202,8 @@ def cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
             if args.out:
                 tiles = [f"{v.prompt} [{'ok' if v.adheres else 'miss'}]" for v in report.verdicts]
                 checked = attrs.evolve(drawn, captions=tiles)
-                print(f"grid: {write_samples(checked, args.out, nrow=args.num).paths[0]}", file=out)
+                grid = write_samples(checked, args.out, nrow=args.num, plugin_manager=model.plugin_manager)
+                print(f"grid: {grid.paths[0]}", file=out)
     if args.json:
         atomic_write_text(args.json, json.dumps(results, indent=2))
         print(f"metrics written to {args.json}", file=out)
@@ -336,7 +235,8 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _add_run_commands(sub: Any) -> None:
+def add_run_commands(sub: Any) -> None:
+    """Add ``train``, ``sample``, ``eval`` and ``quickstart`` to the subcommands ``sub``."""
     p = sub.add_parser(
         "train", help="train the model a TOML config describes",
         description="Train an autoencoder or a latent diffusion model from a TOML config "
@@ -408,53 +308,3 @@ def _add_run_commands(sub: Any) -> None:
     p.add_argument("--fast", action="store_true", help="toy size (~30 s): checks the pipeline only")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_quickstart)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``latentkit`` command."""
-    parser = argparse.ArgumentParser(
-        prog="latentkit", description="latentkit: composable latent diffusion models."
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-
-    p = sub.add_parser("plugins", help="list registered components and broken plugins")
-    p.add_argument("--kind", choices=KINDS, help="only this component kind")
-    p.add_argument("--strict", action="store_true", help="fail on the first broken plugin")
-    p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks of broken plugins")
-    p.set_defaults(func=cmd_plugins)
-
-    p = sub.add_parser("check", help="run the conformance kit on installed components")
-    p.add_argument("names", nargs="*", metavar="NAME", help="components to check (NAME or KIND:NAME); default all")
-    p.add_argument("--kind", choices=CHECKED_KINDS, help="only components of this kind")
-    p.add_argument("--combinations", action="store_true",
-                   help="also check random combinations of installed components (property test)")
-    p.add_argument("--all", action="store_true", help="with --combinations: run the per-component checks too")
-    p.add_argument("--max-examples", type=int, default=20, help="combinations to draw (default 20)")
-    p.set_defaults(func=cmd_check)
-    _add_run_commands(sub)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
-    """Entry point of the ``latentkit`` console script; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    out = out or sys.stdout
-    try:
-        return int(args.func(args, out))
-    except KeyboardInterrupt:
-        print(f"latentkit {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except (LatentkitError, KeyError, OSError, ValueError, TypeError) as exc:
-        if os.environ.get("LATENTKIT_TRACEBACK", "").strip().lower() in ("1", "true", "yes"):
-            raise
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
-            message = f"{exc.strerror}: {exc.filename}"
-        print(f"latentkit {args.command}: error: {message}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

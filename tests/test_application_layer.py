@@ -418,3 +418,24 @@ latent_size = [8, 8]
     with pytest.raises(ConfigError, match=r"\[model\] unknown key 'plugin_manager'"):
         build_model(loads_config(text.replace("latent_size", 'plugin_manager = "x"\nlatent_size'), manager=pm),
                     manager=pm)
+
+
+def test_a_component_whose_extra_is_missing_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``digits`` needs scikit-learn (the ``data`` extra): without it, creating it is a
+    one-line error naming the extra, and ``latentkit plugins`` marks it."""
+    import io
+    import sys
+
+    from latentkit.cli import main
+    from latentkit.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # as if scikit-learn were not installed
+    pm = PluginManager(autoload=False)
+    with pytest.raises(MissingDependencyError, match=r"dataset 'digits' needs 'sklearn'.*pip install 'latentkit\[data\]'"):
+        pm.create("dataset", "digits", size=8)
+    assert isinstance(pm.create("dataset", "shapes", size=8, length=2), latentkit.Dataset)
+    out = io.StringIO()
+    monkeypatch.setenv("LATENTKIT_DISABLE_PLUGIN_AUTOLOAD", "1")
+    assert main(["plugins", "--kind", "dataset"], out=out) == 0
+    rows = {line.split()[0]: line for line in out.getvalue().splitlines()[3:] if line.strip()}
+    assert "latentkit[data]" in rows["digits"] and rows["shapes"].rstrip().endswith("-")

@@ -142,3 +142,24 @@ def test_full_quickstart_reaches_80_percent_within_10_minutes_of_2_cores(tmp_pat
         torch.set_num_threads(threads)
     assert result.adherence.adherence >= 0.8, result.adherence.summary()
     assert result.total_cpu_s < 1200, result.total_cpu_s
+
+
+@pytest.mark.parametrize("size", [(32, 32), (8, 12), (5, 6)])
+def test_ssim_is_scikit_images(size: tuple[int, int]) -> None:
+    """The torch SSIM of the reconstruction metrics gives scikit-image's numbers (its default
+    uniform window, sample covariance, valid-region mean), so no scikit-image is needed at
+    run time."""
+    import numpy as np
+    from skimage.metrics import structural_similarity
+
+    from latentkit.evaluation import _ssim_window, ssim
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(3, 2, *size, generator=g) * 2 - 1
+    b = (a + 0.3 * torch.randn(a.shape, generator=g)).clamp(-1, 1)
+    ours = ssim(a, b, data_range=2.0)
+    win = _ssim_window(size)
+    ref = [np.mean([structural_similarity(x[c], y[c], data_range=2.0, win_size=win) for c in range(2)])
+           for x, y in zip(a.numpy(), b.numpy())]
+    np.testing.assert_allclose(ours.numpy(), ref, rtol=1e-5, atol=1e-6)
+    assert 0.0 < float(ours.min()) < 0.99  # the noise lowered it: the comparison is not of two 1s

@@ -12,6 +12,7 @@ __all__ = [
     "CompositionError",
     "ConfigError",
     "LatentkitError",
+    "MissingDependencyError",
     "PluginError",
     "ShapeError",
     "SpecError",
@@ -43,6 +44,11 @@ class CompositionError(LatentkitError, ValueError):
 
 class PluginError(LatentkitError):
     """A plugin failed to import, its registration hook raised, or it registered a duplicate."""
+
+
+class MissingDependencyError(LatentkitError, ImportError):
+    """A component needs a package that is not installed (an optional extra); the message
+    names the module and the command that installs it."""
 
 
 class UnknownComponentError(LatentkitError, LookupError):

@@ -6,7 +6,8 @@
   shape and position named in its prompt. An image *adheres* when colour **and** shape are
   right (the quickstart's criterion); position is reported separately.
 * **Reconstruction metrics** for autoencoders: L1, MSE, PSNR and SSIM (Wang et al. 2004,
-  through scikit-image) of ``decode(encode(x))`` against ``x``.
+  :func:`ssim`, in torch: the same numbers as scikit-image's ``structural_similarity``) of
+  ``decode(encode(x))`` against ``x``.
 
 Nothing here is learned, so a number measured twice on the same images is the same number.
 """
@@ -31,6 +32,7 @@ __all__ = [
     "parse_prompt",
     "prompt_adherence",
     "reconstruction_metrics",
+    "ssim",
 ]
 
 _PROMPT = re.compile(
@@ -197,6 +199,35 @@ def _ssim_window(spatial: Sequence[int]) -> int:
     return w if w % 2 else w - 1
 
 
+def ssim(a: torch.Tensor, b: torch.Tensor, *, data_range: float, win_size: int | None = None) -> torch.Tensor:
+    """Mean structural similarity (Wang et al. 2004, Eq. 13) of each pair of (N, C, H, W)
+    images, channels averaged: (N,).
+
+    Local means, variances and the covariance come from a ``win_size`` x ``win_size``
+    uniform window (default 7, smaller for small images; sample covariance, ``N / (N - 1)``),
+    ``C1 = (0.01 L)^2``, ``C2 = (0.03 L)^2`` with ``L = data_range``, and the mean is taken
+    over the positions whose window lies inside the image: scikit-image's
+    ``structural_similarity`` defaults, which the tests check it against."""
+    if a.shape != b.shape or a.dim() != 4:
+        raise ValueError(f"ssim needs two (N, C, H, W) tensors of one shape, got {tuple(a.shape)} and "
+                         f"{tuple(b.shape)}")
+    w = win_size or _ssim_window(a.shape[2:])
+    x, y = a.double(), b.double()
+    n, c = x.shape[:2]
+
+    def mean(t: torch.Tensor) -> torch.Tensor:  # the window mean at every valid position
+        return torch.nn.functional.avg_pool2d(t.reshape(n * c, 1, *t.shape[2:]), w, stride=1)
+
+    cov_norm = w * w / (w * w - 1)
+    mx, my = mean(x), mean(y)
+    vx = cov_norm * (mean(x * x) - mx * mx)
+    vy = cov_norm * (mean(y * y) - my * my)
+    vxy = cov_norm * (mean(x * y) - mx * my)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    s = ((2 * mx * my + c1) * (2 * vxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return s.reshape(n, c, -1).mean(dim=(1, 2)).float()
+
+
 @torch.no_grad()
 def reconstruction_metrics(
     autoencoder: Any,
@@ -209,11 +240,9 @@ def reconstruction_metrics(
     ``autoencoder.decode(autoencoder.encode(x).mode())`` against ``x``.
 
     ``images`` is an (N, C, H, W) tensor or an iterable of (C, H, W) / (B, C, H, W) tensors.
-    SSIM (Wang et al. 2004) is scikit-image's ``structural_similarity`` with
-    ``data_range`` = the value range's width, on 2-D images only (NaN otherwise).
+    SSIM is :func:`ssim` with ``data_range`` = the value range's width, on 2-D images only
+    (NaN otherwise).
     """
-    from skimage.metrics import structural_similarity
-
     if isinstance(images, torch.Tensor):
         chunks: Iterable[torch.Tensor] = images.split(batch_size)
     else:
@@ -234,11 +263,7 @@ def reconstruction_metrics(
         mses += mse.tolist()
         psnrs += [10 * math.log10(width**2 / max(m, 1e-12)) for m in mse.tolist()]
         if x.dim() == 4:
-            for a, b in zip(x.cpu().numpy(), rec.cpu().numpy()):
-                ssims.append(float(np.mean([
-                    structural_similarity(a[c], b[c], data_range=width, win_size=_ssim_window(a.shape[1:]))
-                    for c in range(a.shape[0])
-                ])))
+            ssims += ssim(x, rec, data_range=width).tolist()
     if not mses:
         raise ValueError("reconstruction_metrics: no images given")
     return ReconstructionReport(

@@ -21,8 +21,10 @@ import contextlib
 import difflib
 import functools
 import importlib
+import importlib.util
 import inspect
 import os
+import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -33,7 +35,7 @@ import attrs
 import pluggy
 
 from latentkit import hookspecs
-from latentkit.errors import PluginError, UnknownComponentError
+from latentkit.errors import MissingDependencyError, PluginError, UnknownComponentError
 from latentkit.interfaces import KINDS
 
 __all__ = [
@@ -70,6 +72,16 @@ _HOOK_OF_KIND = {kind: f"latentkit_register_{kind}s" for kind in KINDS}
 _TRUE = {"1", "true", "yes", "on"}
 
 
+def _importable(module: str) -> bool:
+    """Whether ``import module`` would find it (without importing it)."""
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in _TRUE
 
@@ -100,6 +112,22 @@ class ComponentInfo:
     factory: Callable[..., Any] | str = attrs.field(repr=False)  # callable or "module:attr"
     tiny_config: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
     override: bool = False
+    requires: tuple[str, ...] = ()  # modules the component imports beyond latentkit's own dependencies
+    install: str | None = None  # how to get them, e.g. "pip install 'latentkit[data]'"
+
+    def missing(self) -> list[str]:
+        """The modules of ``requires`` that cannot be imported here."""
+        return [name for name in self.requires if not _importable(name)]
+
+    def check_requirements(self) -> None:
+        """A :class:`~latentkit.errors.MissingDependencyError` naming the missing modules and
+        how to install them, when there are any."""
+        missing = self.missing()
+        if missing:
+            how = f": {self.install}" if self.install else ""
+            raise MissingDependencyError(
+                f"{self.kind} {self.name!r} needs {', '.join(map(repr, missing))}, which "
+                f"{'is' if len(missing) == 1 else 'are'} not installed{how}")
 
     def resolve(self) -> Callable[..., Any]:
         """The factory callable (importing it now if it was given as ``"module:attr"``)."""
@@ -149,6 +177,8 @@ class Registrar:
         summary: str = "",
         tiny_config: Mapping[str, Any] | None = None,
         override: bool = False,
+        requires: Iterable[str] = (),
+        install: str | None = None,
     ) -> None:
         """Register ``factory`` under ``name``.
 
@@ -156,7 +186,9 @@ class Registrar:
         imported only when the component is created (keeps registration cheap).
         ``tiny_config`` is a small configuration used by the conformance kit and property
         tests. ``override=True`` replaces a component of the same name registered earlier
-        (without it a duplicate name is an error).
+        (without it a duplicate name is an error). ``requires`` names modules the component
+        imports that may be absent (an optional extra), ``install`` how to get them: creating
+        it without them is a one-line error that says so, and ``latentkit plugins`` marks it.
         """
         if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
             raise PluginError(
@@ -179,6 +211,8 @@ class Registrar:
                 factory=factory,
                 tiny_config=dict(tiny_config or {}),
                 override=override,
+                requires=tuple(requires),
+                install=install,
             )
         )
 
@@ -412,6 +446,7 @@ class PluginManager:
         The result carries ``latentkit_name`` (kind, name) and ``latentkit_config``.
         """
         info = self.get(kind, name)
+        info.check_requirements()
         factory = info.resolve()
         try:
             signature = inspect.signature(factory)

@@ -35,14 +35,16 @@ def cmd_plugins(args: argparse.Namespace, out: TextIO) -> int:
         infos = manager.list(kind)
         print(f"\n{kind}s ({len(infos)})", file=out)
         if infos:
-            _table(
-                [
-                    (i.name, i.summary, i.plugin, f"{i.distribution or '-'} {i.version or ''}".strip())
-                    for i in infos
-                ],
-                ("name", "summary", "plugin", "distribution"),
-                out,
-            )
+            rows = [[i.name, i.summary, i.plugin, f"{i.distribution or '-'} {i.version or ''}".strip()]
+                    for i in infos]
+            header = ["name", "summary", "plugin", "distribution"]
+            missing = [i.missing() for i in infos]
+            if any(missing):  # a column only when something cannot be created here
+                header.append("missing")
+                for row, info, names in zip(rows, infos, missing):
+                    row.append(f"{', '.join(names)} ({info.install})" if names and info.install
+                               else ", ".join(names) or "-")
+            _table(rows, header, out, max_width=60)
     if manager.broken:
         print(f"\nbroken plugins ({len(manager.broken)}), skipped:", file=out)
         for b in manager.broken:

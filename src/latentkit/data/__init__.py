@@ -4,8 +4,9 @@
   captions, resized, cropped and flipped;
 * ``shapes``: synthetic coloured shapes with captions ("a red circle at the top left") and a
   deterministic checker, :func:`latentkit.data.shapes.describe_image`;
-* ``digits``: scikit-learn's handwritten digits, upscaled, with labels;
-* ``photo_crops``: random crops of scikit-image's sample photographs (autoencoder training);
+* ``digits``: scikit-learn's handwritten digits, upscaled, with labels (``latentkit[data]``);
+* ``photo_crops``: random crops of scikit-image's sample photographs (autoencoder training;
+  ``latentkit[data]``);
 * ``latent_cache``: latents encoded once by :func:`latentkit.data.latent_cache.cache_latents`.
 """
 
@@ -14,7 +15,10 @@ from __future__ import annotations
 from latentkit.hookspecs import hookimpl
 from latentkit.plugins import Registrar
 
-__all__ = ["latentkit_register_datasets"]
+__all__ = ["DATA_EXTRA", "latentkit_register_datasets"]
+
+#: How to install what ``digits`` (scikit-learn) and ``photo_crops`` (scikit-image) need.
+DATA_EXTRA = "pip install 'latentkit[data]'"
 
 
 @hookimpl
@@ -36,12 +40,16 @@ def latentkit_register_datasets(registry: Registrar) -> None:
         "latentkit.data.digits:DigitsDataset",
         summary="scikit-learn's 8x8 handwritten digits, upscaled, with labels",
         tiny_config={"size": 8},
+        requires=["sklearn"],
+        install=DATA_EXTRA,
     )
     registry.add(
         "photo_crops",
         "latentkit.data.photo_crops:PhotoCropsDataset",
         summary="Random crops of scikit-image's sample photographs, for autoencoder training",
         tiny_config={"size": 16, "length": 4, "photos": ["astronaut"]},
+        requires=["skimage"],
+        install=DATA_EXTRA,
     )
     registry.add(
         "latent_cache",

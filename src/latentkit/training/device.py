@@ -10,9 +10,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from latentkit.training.distributed import DistributedInfo
+from latentkit.errors import ConfigError
+from latentkit.training.config import TrainingConfig
+from latentkit.training.distributed import DistributedInfo, init_distributed
 
-__all__ = ["batch_size_of", "resolve_device", "to_channels_last", "to_device"]
+__all__ = ["batch_size_of", "resolve_device", "setup_process", "to_channels_last", "to_device"]
 
 #: The channels-last memory format of each tensor rank that has one (images, video / volumes).
 CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
@@ -29,6 +31,26 @@ def resolve_device(name: str, info: DistributedInfo) -> torch.device:
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", info.local_rank % max(1, torch.cuda.device_count()))
     return device
+
+
+def setup_process(config: TrainingConfig) -> tuple[DistributedInfo, torch.device]:
+    """Join the process group when launched by ``torchrun``, pick this process's device and
+    set what the config asks of torch there (deterministic algorithms, TF32 on CUDA); fp16 is
+    refused off CUDA."""
+    device_hint = "cuda" if config.device == "auto" and torch.cuda.is_available() else config.device
+    info = init_distributed(torch.device(device_hint).type if device_hint != "auto" else "cpu")
+    device = resolve_device(config.device, info)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if config.precision == "fp16" and device.type != "cuda":
+        raise ConfigError(f"[training] precision = 'fp16' needs a CUDA device (the device is {device}); "
+                          "use 'bf16' or 'fp32'", section="training", key="precision")
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if device.type == "cuda" and config.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return info, device
 
 
 def to_channels_last(module: nn.Module) -> nn.Module:

@@ -26,17 +26,16 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate
 
-from latentkit.errors import CheckpointError, ConfigError, LatentkitError
+from latentkit.errors import CheckpointError, LatentkitError
 from latentkit.plugins import PluginManager, get_plugin_manager
 from latentkit.training import checkpoint as ckpt_io
 from latentkit.training.config import TrainingConfig
 from latentkit.training.data import BatchStream
-from latentkit.training.device import batch_size_of, resolve_device, to_channels_last, to_device
+from latentkit.training.device import batch_size_of, setup_process, to_channels_last, to_device
 from latentkit.training.distributed import (
     agree_on_stopping,
     all_gather_objects,
     barrier,
-    init_distributed,
     wrap_ddp,
 )
 from latentkit.training.ema import EMA
@@ -111,21 +110,8 @@ class Trainer:
         self.plugin_manager = plugin_manager or get_plugin_manager()
         self.plugin_manager.load()
 
-        device_hint = "cuda" if config.device == "auto" and torch.cuda.is_available() else config.device
-        self.dist = init_distributed(torch.device(device_hint).type if device_hint != "auto" else "cpu")
-        self.device = resolve_device(config.device, self.dist)
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-        if config.precision == "fp16" and self.device.type != "cuda":
-            raise ConfigError(
-                f"[training] precision = 'fp16' needs a CUDA device (the device is "
-                f"{self.device}); use 'bf16' or 'fp32'", section="training", key="precision")
+        self.dist, self.device = setup_process(config)
         seed_everything(config.seed + self.dist.rank)
-        if config.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        if self.device.type == "cuda" and config.tf32:
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
         self.channels_last = (
             config.channels_last if config.channels_last is not None else self.device.type == "cuda"
         )

@@ -224,3 +224,15 @@ def test_console_script_wrong_argument_is_short(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "argument --steps: expected a positive integer, got 'zero'" in proc.stderr
+
+
+def test_a_size_that_does_not_fit_is_reported_in_pixels(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--size takes pixels, so its error names pixel sizes: 36 is latent 9 at f = 4, which the
+    UNet (size multiple 2) refuses; 32 and 40 fit."""
+    for size in ("36", "34"):
+        code, _, err = _run(["sample", str(trained / "run"), "--prompt", "x", "--size", size, "--steps", "1"], capsys)
+        assert code == 2 and "(pixels)" in err and "multiple of (8, 8)" in err and "[32, 40]" in err, err
+        assert len(err.strip().splitlines()) == 1
+    code, _, err = _run(["sample", str(trained / "run"), "--prompt", "x", "--size", "40", "--num", "1", "--steps", "1",
+                           "--out", str(trained / "s40.png")], capsys)
+    assert code == 0, err

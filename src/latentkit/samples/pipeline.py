@@ -21,6 +21,8 @@ import attrs
 import torch
 from torch.utils.data import default_collate
 
+from latentkit.errors import ShapeError
+
 __all__ = ["Samples", "conditioning_batch", "draw", "latent_size", "read_image", "reconstructions"]
 
 
@@ -99,7 +101,7 @@ def latent_size(model: Any, *, pixels: Sequence[int] | None = None, dataset: Any
         return None
     if pixels:
         sizes = tuple(int(p) for p in pixels) * (len(spec.downsampling) if len(pixels) == 1 else 1)
-        return tuple(spec.latent_size(sizes))
+        return _fitting(model, spec, sizes)
     if getattr(model, "latent_size", None) is not None:
         return None  # the model knows
     if dataset is None or len(dataset) == 0:
@@ -109,6 +111,29 @@ def latent_size(model: Any, *, pixels: Sequence[int] | None = None, dataset: Any
         return tuple(int(s) for s in item["latents"].shape[1:])
     x = item.get(getattr(dataset, "data_key", "image"))
     return tuple(spec.latent_size(tuple(x.shape[1:]))) if isinstance(x, torch.Tensor) else None
+
+
+def _fitting(model: Any, spec: Any, pixels: tuple[int, ...]) -> tuple[int, ...]:
+    """The latent size of data of ``pixels``, or a ShapeError in pixels when the autoencoder's
+    downsampling or the denoiser's size multiple refuses it (both fixed together: the data
+    size must be a multiple of their product), naming the nearest sizes that fit."""
+    denoiser = getattr(model, "denoiser", None)
+    multiples = (denoiser.spatial_multiples(spec.layout) if callable(getattr(denoiser, "spatial_multiples", None))
+                 else (1,) * len(pixels))
+    try:
+        latent = tuple(spec.latent_size(pixels))
+    except ShapeError:
+        latent = tuple(max(1, round(p / f)) for p, f in zip(pixels, spec.downsampling))
+    else:
+        if all(s % m == 0 for s, m in zip(latent, multiples)):
+            return latent
+    lower = tuple(max(m, (s // m) * m) for s, m in zip(latent, multiples))
+    upper = tuple(lo + m for lo, m in zip(lower, multiples))
+    nearest = [sorted({a, b}) for a, b in zip(spec.data_size(lower), spec.data_size(upper))]
+    step = tuple(f * m for f, m in zip(spec.downsampling, multiples))
+    raise ShapeError(f"image size {pixels} (pixels) does not fit this model: each axis must be a multiple of {step} "
+                     f"(the autoencoder's downsampling {tuple(spec.downsampling)} times the denoiser's size "
+                     f"multiple {tuple(multiples)}); nearest sizes that fit, per axis: {nearest}")
 
 
 def _count(batch: Mapping[str, Any] | int) -> int:

@@ -41,8 +41,20 @@ def test_defaults_are_those_of_the_keyword_api() -> None:
         "sampler": "euler", "steps": 20, "spacing": None, "sigmas": None, "guidance_scale": 1.0,
         "guidance_rescale": 0.0, "guidance_interval": None, "rescale_space": None, "negative": None,
         "uncond": None, "dynamic_threshold": None, "seed": None, "generator": None,
-        "latent_size": None, "noise": None, "callback": None, "return_latents": False,
+        "latent_size": None, "noise": None, "callback": None, "return_latents": False, "clamp": True,
     }
+
+
+def test_samples_are_clamped_to_the_data_range_unless_asked_not_to() -> None:
+    """One contract for Python and the command line: decoded samples lie in the autoencoder's
+    value range; clamp=False gives the decoder's raw output."""
+    model = _model(LabelConditioner(dim=8))
+    noise = torch.randn(3, 3, 4, 4, generator=torch.Generator().manual_seed(0)) * 50  # overshoots
+    raw = model.sample(LABELS, sampler=EULER, steps=1, noise=noise, latent_size=(4, 4), clamp=False)
+    lo, hi = model.autoencoder.data_spec.value_range
+    assert float(raw.min()) < lo and float(raw.max()) > hi  # the comparison below is not vacuous
+    clamped = model.sample(LABELS, sampler=EULER, steps=1, noise=noise, latent_size=(4, 4))
+    torch.testing.assert_close(clamped, raw.clamp(lo, hi), rtol=0, atol=0)
 
 
 def test_keyword_calls_and_options_give_bit_identical_samples() -> None:

@@ -250,7 +250,8 @@ class EulerSampler(Sampler):
         for i in range(len(sigmas) - 1):
             denoised = denoise(x, sigmas[i].expand(x.shape[0]), **(extra_args or {}))
             if callback is not None:
-                callback({"i": i, "x": x, "sigma": sigmas[i], "sigma_next": sigmas[i + 1], "denoised": denoised})
+                callback({"i": i, "x": x, "sigma": float(sigmas[i]), "sigma_next": float(sigmas[i + 1]),
+                          "denoised": denoised})
             x = self.step(x, sigmas[i], sigmas[i + 1], denoised, generator)
         return x
 
@@ -505,6 +506,17 @@ class BadCallbackSampler(EulerSampler):
         return super().sample(denoise, x, sigmas, extra_args=extra_args, callback=cb, generator=generator)
 
 
+class TensorSigmaCallbackSampler(EulerSampler):
+    """Reports sigma and sigma_next as 0-d tensors, not the documented Python floats."""
+
+    def sample(self, denoise: Callable[..., torch.Tensor], x: torch.Tensor, sigmas: torch.Tensor, *,
+               extra_args: Mapping[str, Any] | None = None, callback: Any = None,
+               generator: Any = None) -> torch.Tensor:
+        cb = None if callback is None else (lambda d: callback(
+            {**d, "sigma": torch.tensor(d["sigma"]), "sigma_next": torch.tensor(d["sigma_next"])}))
+        return super().sample(denoise, x, sigmas, extra_args=extra_args, callback=cb, generator=generator)
+
+
 class LaggingEulerSampler(EulerSampler):
     """Evaluates the ODE derivative at the wrong noise level."""
 
@@ -598,6 +610,7 @@ BROKEN: list[tuple[Callable[[], Any], str, bool]] = [
     (UndeclaredConsistencySampler, "check_sampler_gaussian_moments", True),
     (BatchNoiseSampler, "check_sampler_per_item_generators", True),
     (BadCallbackSampler, "check_sampler_callback", True),
+    (TensorSigmaCallbackSampler, "check_sampler_callback", True),
     (LaggingEulerSampler, "check_sampler_ode_solution", False),
     (SecretlyStochasticSampler, "check_sampler_determinism", False),
     (NoZeroSchedule, "check_schedule_sigmas", True),

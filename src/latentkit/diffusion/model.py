@@ -471,7 +471,13 @@ class LatentDiffusion(nn.Module):
             z = x
         if keep_mask is not None and init is not None:
             z = torch.lerp(init, z, keep_mask.to(z.dtype))
-        return z if options.return_latents else self.decode(z)
+        if options.return_latents:
+            return z
+        data = self.decode(z)
+        if options.clamp:
+            lo, hi = self.autoencoder.data_spec.value_range
+            data = data.clamp(float(lo), float(hi))
+        return data
 
     def _step_callback(
         self, callback: Callable[[dict[str, Any]], None] | None, total: int

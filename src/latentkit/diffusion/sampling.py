@@ -205,6 +205,12 @@ def _to_return_latents(value: Any) -> bool:
     return value
 
 
+def _to_clamp(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _fail("clamp", "a bool", value, TypeError)
+    return value
+
+
 def _same(a: Any, b: Any) -> bool:
     """Equality that compares tensors (and mappings and sequences of them) by value."""
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
@@ -251,6 +257,9 @@ class SamplingOptions:
         noise: the initial standard-normal noise (scaled by ``sigmas[0]``).
         callback: called once per step with the sampler's dict.
         return_latents: return normalised latents instead of decoded data.
+        clamp: clamp the decoded data to the autoencoder's ``data_spec.value_range`` (the
+            default, as the command line, the writers and diffusers' image output do); False
+            returns the decoder's raw output, which may overshoot the range.
     """
 
     sampler: str | Sampler = attrs.field(default="euler", converter=_to_sampler)  # the solver, by name or object
@@ -286,6 +295,7 @@ class SamplingOptions:
         default=None, converter=_to_callback
     )
     return_latents: bool = attrs.field(default=False, converter=_to_return_latents)  # skip decoding
+    clamp: bool = attrs.field(default=True, converter=_to_clamp)  # decoded data clamped to the data range
 
     def replace(self, **overrides: Any) -> SamplingOptions:
         """A copy with ``overrides`` applied (validated like the constructor); an unknown name

@@ -1344,8 +1344,8 @@ def check_sampler_gaussian_moments(sampler: Sampler) -> str | None:
 
 
 @_register("sampler", "callback is called once per step with keys i, x, sigma, sigma_next, "
-           "denoised: i = 0, 1, ..., sigma = sigmas[i], sigma_next = sigmas[i + 1], x and "
-           "denoised shaped like x")
+           "denoised: i = 0, 1, ..., sigma = sigmas[i], sigma_next = sigmas[i + 1] (Python floats), "
+           "x and denoised shaped like x")
 def check_sampler_callback(sampler: Sampler) -> str | None:
     """The documented callback fields, once per step."""
     data = GaussianData(*_GAUSS.values())
@@ -1363,8 +1363,11 @@ def check_sampler_callback(sampler: Sampler) -> str | None:
             raise _fail(f"call {k}: missing keys {sorted(missing)} (got {sorted(rec)})")
         if int(rec["i"]) != k:
             raise _fail(f"call {k}: i = {rec['i']}, expected {k}")
-        sigma = float(torch.as_tensor(rec["sigma"]).reshape(-1)[0])
-        sigma_next = float(torch.as_tensor(rec["sigma_next"]).reshape(-1)[0])
+        for key in ("sigma", "sigma_next"):
+            if not isinstance(rec[key], float):
+                raise _fail(f"call {k}: {key} is a {type(rec[key]).__name__}, expected a Python float "
+                            f"(pass float(sigmas[i]); Sampler.report does)")
+        sigma, sigma_next = rec["sigma"], rec["sigma_next"]
         if not (math.isclose(sigma, float(sigmas[k]), rel_tol=1e-4) and
                 math.isclose(sigma_next, float(sigmas[k + 1]), rel_tol=1e-4, abs_tol=1e-7)):
             raise _fail(f"call {k}: sigma {sigma:.5g}, sigma_next {sigma_next:.5g}, expected "

@@ -43,7 +43,7 @@ class MidpointSampler(Sampler):
         extra = dict(extra_args or {})
         ones = x.new_ones(x.shape[0])
         for i in range(len(sigmas) - 1):
-            sigma, sigma_next = sigmas[i], sigmas[i + 1]
+            sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])  # the callback contract: floats
             denoised = denoise(x, sigma * ones, **extra)
             if callback is not None:
                 callback({"i": i, "x": x, "sigma": sigma, "sigma_next": sigma_next, "denoised": denoised})

@@ -117,9 +117,8 @@ def _fitting(model: Any, spec: Any, pixels: tuple[int, ...]) -> tuple[int, ...]:
     """The latent size of data of ``pixels``, or a ShapeError in pixels when the autoencoder's
     downsampling or the denoiser's size multiple refuses it (both fixed together: the data
     size must be a multiple of their product), naming the nearest sizes that fit."""
-    denoiser = getattr(model, "denoiser", None)
-    multiples = (denoiser.spatial_multiples(spec.layout) if callable(getattr(denoiser, "spatial_multiples", None))
-                 else (1,) * len(pixels))
+    spatial_multiples = getattr(getattr(model, "denoiser", None), "spatial_multiples", None)
+    multiples = spatial_multiples(spec.layout) if callable(spatial_multiples) else (1,) * len(pixels)
     try:
         latent = tuple(spec.latent_size(pixels))
     except ShapeError:

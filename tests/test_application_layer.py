@@ -249,7 +249,7 @@ def test_a_misspelled_hook_is_a_broken_plugin_and_an_error_in_strict_mode() -> N
 #: The layers of src/latentkit, lowest first: a module may import its own layer and lower ones.
 LAYERS: list[set[str]] = [
     {"errors", "fileio", "validation", "specs", "random", "interfaces", "hookspecs", "plugins",
-     "composition", "layers", "models"},
+     "composition", "layers", "models", "latent_statistics"},
     {"autoencoders", "conditioners", "data", "denoisers", "samplers", "schedules"},
     {"diffusion", "evaluation"},
     {"interop", "samples"},
@@ -439,3 +439,90 @@ def test_a_component_whose_extra_is_missing_says_what_to_install(monkeypatch: py
     assert main(["plugins", "--kind", "dataset"], out=out) == 0
     rows = {line.split()[0]: line for line in out.getvalue().splitlines()[3:] if line.strip()}
     assert "latentkit[data]" in rows["digits"] and rows["shapes"].rstrip().endswith("-")
+
+
+# ----------------------------------------------------------------------- latent statistics
+
+
+class SmallLatents(latentkit.Autoencoder):
+    """A third party's autoencoder (not one of latentkit's own) whose latents have std ~0.1:
+    unnormalised, diffusion on them samples noise."""
+
+    def __init__(self) -> None:
+        super().__init__(latentkit.DataSpec(channels=3), latentkit.LatentSpec(channels=3, downsampling=(2, 2)))
+        self.pool = torch.nn.AvgPool2d(2)
+
+    def encode(self, x: torch.Tensor) -> latentkit.LatentDistribution:
+        from latentkit.interfaces import DiagonalGaussianDistribution
+
+        z = 0.1 * self.pool(self.check_data(x))
+        return DiagonalGaussianDistribution(torch.cat([z, torch.full_like(z, -12.0)], dim=1))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(self.check_latent(z), scale_factor=2.0) * 10.0
+
+
+SMALL_LATENTS_CONFIG = """\
+[autoencoder]
+name = "small_latents"
+FIT
+
+[denoiser]
+name = "unet"
+model_channels = 8
+channel_mult = [1]
+num_res_blocks = 1
+attention_resolutions = []
+norm_groups = 4
+
+[schedule]
+name = "linear"
+
+[data]
+name = "shapes"
+size = 8
+length = 16
+
+[training]
+output_dir = "OUT"
+max_steps = 1
+batch_size = 8
+progress = false
+"""
+
+
+class SmallLatentsPlugin:
+    @latentkit.hookimpl
+    def latentkit_register_autoencoders(self, registry: Registrar) -> None:
+        registry.add("small_latents", SmallLatents, summary="latents of std 0.1")
+
+
+def test_any_autoencoder_fits_its_latent_statistics() -> None:
+    ae = SmallLatents()
+    images = torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    stats = ae.fit_latent_statistics(images, batch_size=8, sample=False)
+    assert 0.01 < stats.std < 0.1 and stats.scaling_factor == pytest.approx(1 / stats.std)
+    z = ae.encode_normalized(images)
+    assert float(z.std()) == pytest.approx(1.0, rel=0.02)
+
+
+@pytest.mark.parametrize("fit", [False, True])
+def test_off_scale_latents_warn_once_with_the_figures_unless_fitted(tmp_path: Path, fit: bool) -> None:
+    from latentkit.experiment import build_trainer
+
+    pm = PluginManager(autoload=False)
+    pm.register(SmallLatentsPlugin(), "small-latents")
+    text = SMALL_LATENTS_CONFIG.replace("FIT", 'fit_statistics = "scale"' if fit else "").replace(
+        "OUT", str(tmp_path))
+    trainer = build_trainer(loads_config(text, manager=pm), manager=pm)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit()
+        trainer.model.train()
+        trainer.model.loss(next(iter(trainer.data)))  # a second batch: no second warning
+    off = [str(w.message) for w in caught if "normalised training latents" in str(w.message)]
+    if fit:
+        assert off == [] and float(trainer.model.autoencoder.scaling_factor) > 10
+    else:
+        (message,) = off
+        assert "SmallLatents" in message and "std 0.0" in message and "fit_statistics" in message

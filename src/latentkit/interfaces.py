@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import abc
 import operator
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -25,6 +25,9 @@ from latentkit.specs import (
     LatentSpec,
     spatial_ndim,
 )
+
+if TYPE_CHECKING:
+    from latentkit.latent_statistics import LatentStatistics
 
 __all__ = [
     "KINDS",
@@ -266,6 +269,30 @@ class Autoencoder(nn.Module, abc.ABC):
         dynamic thresholding apply. False by default; the ``identity`` autoencoder says True,
         and a wrapper (e.g. the video plugin's ``framewise``) answers for what it wraps."""
         return False
+
+    def fit_latent_statistics(
+        self,
+        data: torch.Tensor | Iterable[Any],
+        *,
+        batch_size: int = 16,
+        shift: bool = False,
+        sample: bool = True,
+        generator: Generators = None,
+        max_batches: int | None = None,
+        data_key: str | None = None,
+        apply: bool = True,
+    ) -> LatentStatistics:
+        """Estimate ``scaling_factor = 1 / std(z)`` (and ``shift_factor = mean(z)`` with
+        ``shift``) over the raw latents of ``data`` (an (N, C, *spatial) tensor or batches:
+        tensors or dicts), so that normalised latents have unit variance (Rombach et al.
+        2022, Sec. 4.3.2), and store them unless ``apply=False``; see
+        :func:`latentkit.latent_statistics.fit_latent_statistics`. Any autoencoder has it:
+        it needs only ``encode`` and :meth:`set_latent_statistics`."""
+        from latentkit.latent_statistics import fit_latent_statistics
+
+        return fit_latent_statistics(self, data, batch_size=batch_size, shift=shift, sample=sample,
+                                     generator=generator, max_batches=max_batches, data_key=data_key,
+                                     apply=apply)
 
     def set_latent_statistics(self, scaling_factor: float, shift_factor: float = 0.0) -> None:
         """Set the latent normalisation (stored in ``state_dict``)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -18,7 +18,6 @@ import attrs
 import torch
 from einops import rearrange
 
-from latentkit.autoencoders.statistics import LatentStatistics, fit_latent_statistics
 from latentkit.autoencoders.tiling import tiled_apply
 from latentkit.interfaces import Autoencoder, LatentDistribution
 from latentkit.random import Generators
@@ -214,25 +213,6 @@ class ConvAutoencoder(Autoencoder):
             overlap=[math.ceil(o / f) for o, f in zip(overlaps, factors)],
             multiple=(1,) * len(spatial),
             scale=[(f, 1) for f in factors],
-        )
-
-    # ----------------------------------------------------------------- statistics
-
-    def fit_latent_statistics(
-        self,
-        data: torch.Tensor | Iterable[Any],
-        *,
-        batch_size: int = 16,
-        shift: bool = False,
-        sample: bool = True,
-        generator: Generators = None,
-        max_batches: int | None = None,
-    ) -> LatentStatistics:
-        """Estimate and store ``scaling_factor`` (and ``shift_factor``) from ``data``; see
-        :func:`latentkit.autoencoders.statistics.fit_latent_statistics`."""
-        return fit_latent_statistics(
-            self, data, batch_size=batch_size, shift=shift, sample=sample,
-            generator=generator, max_batches=max_batches,
         )
 
     # ----------------------------------------------------------------- checkpoints

@@ -9,6 +9,7 @@ With the ``identity`` autoencoder it is a pixel-space diffusion model through th
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
@@ -32,7 +33,11 @@ from latentkit.specs import Conditioning
 if TYPE_CHECKING:
     from latentkit.plugins import PluginManager
 
-__all__ = ["LatentDiffusion", "downsample_mask", "latent_diffusion"]
+__all__ = ["LATENT_STD_TOLERANCE", "LatentDiffusion", "downsample_mask", "latent_diffusion"]
+
+#: How far (a factor, either way) the std of the normalised training latents may be from the
+#: parameterization's ``sigma_data`` before the first training step warns.
+LATENT_STD_TOLERANCE = 3.0
 
 
 def downsample_mask(mask: torch.Tensor, factors: Sequence[int]) -> torch.Tensor:
@@ -155,6 +160,7 @@ class LatentDiffusion(nn.Module):
         self.__dict__["parameterized"] = ParameterizedDenoiser(
             denoiser, schedule, parameterization, sigma_data=sigma_data
         )
+        self._latent_scale_checked = False  # the first training batch is checked once (loss_terms)
         self.objective = DiffusionObjective(loss_weighting, gamma=gamma, offset_noise=offset_noise)
         self.sample_posterior = bool(sample_posterior)
         self.latent_size = None if latent_size is None else tuple(int(s) for s in latent_size)
@@ -285,6 +291,9 @@ class LatentDiffusion(nn.Module):
         """
         batch = self._move(batch)
         x0 = self._latents(batch, generator)
+        if self.training and not self._latent_scale_checked and not self.is_pixel_space:
+            self._latent_scale_checked = True
+            self._warn_if_latents_off_scale(x0)
         cond = None
         if self.conditioner is not None:
             if self.training:
@@ -299,6 +308,24 @@ class LatentDiffusion(nn.Module):
             "mse_x0": terms["mse_x0"].mean(),
             "sigma": terms["sigma"].mean(),
         }
+
+    def _warn_if_latents_off_scale(self, x0: torch.Tensor) -> None:
+        """Once, on the first training batch: warn with the figures when the normalised latents'
+        spread is far (a factor :data:`LATENT_STD_TOLERANCE`) from the ``sigma_data`` the
+        parameterization's noise levels assume, the mark of an autoencoder whose latent
+        statistics were never fitted (its samples come out as noise). Pixel-space models are
+        not checked: the data's own scale is the data's business."""
+        std, mean = float(x0.detach().float().std()), float(x0.detach().float().mean())
+        expected = self.parameterization.sigma_data
+        if expected / LATENT_STD_TOLERANCE <= std <= expected * LATENT_STD_TOLERANCE:
+            return
+        warnings.warn(
+            f"the normalised training latents of {type(self.autoencoder).__name__} have std {std:.3g} "
+            f"(mean {mean:.3g}) on the first batch, far from the {expected:g} that the {self.parameterization.name} "
+            f"parameterization's noise levels assume (its sigma_data), so sampling will start from the wrong "
+            f"scale; fit the latent statistics first: autoencoder.fit_latent_statistics(data), or "
+            f"[autoencoder] fit_statistics = \"scale\" in a config (scaling_factor is "
+            f"{float(self.autoencoder.scaling_factor):.4g} now)", stacklevel=3)
 
     @overload
     def loss(

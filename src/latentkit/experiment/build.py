@@ -29,7 +29,7 @@ from latentkit.plugins import PluginManager, get_plugin_manager
 from latentkit.training.protocol import trainability_problem
 from latentkit.validation import factory_parameters
 
-__all__ = ["build_component", "build_dataset", "build_model", "construct", "create_dataset"]
+__all__ = ["build_component", "build_dataset", "build_model", "construct", "create_dataset", "fit_statistics"]
 
 
 def build_component(config: ExperimentConfig, section: str, kind: str, comp: ComponentConfig,
@@ -193,6 +193,35 @@ def construct(config: ExperimentConfig, factory: Callable[..., Any], parts: Mapp
     if problem is not None:
         raise error(problem)
     return model
+
+
+#: Training items ``[autoencoder] fit_statistics`` encodes at most.
+FIT_STATISTICS_ITEMS = 1024
+
+
+def fit_statistics(config: ExperimentConfig, model: Any, *, manager: PluginManager | None = None) -> Any:
+    """``[autoencoder] fit_statistics``: fit the frozen autoencoder's latent normalisation on
+    (up to :data:`FIT_STATISTICS_ITEMS` of) the training data, posterior samples drawn with
+    ``[training] seed``, before training; returns the
+    :class:`~latentkit.latent_statistics.LatentStatistics`, or ``None`` when not asked."""
+    comp = config.autoencoder
+    if comp is None or comp.fit_statistics is None:
+        return None
+    autoencoder = getattr(model, "autoencoder", None)
+    if autoencoder is None or any(p.requires_grad for p in autoencoder.parameters()):
+        raise config.error("[autoencoder] fit_statistics needs a model that keeps its autoencoder frozen (a "
+                           f"diffusion model's first stage); {type(model).__name__} trains it", "autoencoder",
+                           "fit_statistics")
+    import torch
+    from torch.utils.data import default_collate
+
+    dataset = create_dataset(config, manager=manager)
+    n = min(len(dataset), FIT_STATISTICS_ITEMS)
+    size = config.training.batch_size
+    batches = (default_collate([dataset[i] for i in range(start, min(n, start + size))]) for start in range(0, n, size))
+    return autoencoder.fit_latent_statistics(
+        batches, shift=comp.fit_statistics == "scale_shift", data_key=getattr(dataset, "data_key", None),
+        generator=torch.Generator(next(iter(autoencoder.buffers())).device).manual_seed(config.training.seed))
 
 
 def create_dataset(config: ExperimentConfig, *, manager: PluginManager | None = None) -> Any:

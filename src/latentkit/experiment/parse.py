@@ -16,7 +16,7 @@ import re
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from latentkit.errors import ConfigError, UnknownComponentError
 from latentkit.experiment import loss_path
@@ -175,6 +175,7 @@ def _component(values: Mapping[str, Any], section: str, kind: str, manager: Plug
     if weights_from is not None and not isinstance(weights_from, str):
         raise ConfigError(f"[{section}] weights_from must be a string (a path), got {weights_from!r}",
                           section=section, key="weights_from")
+    fit_statistics = _fit_statistics(values.pop("fit_statistics", None), section) if kind == "autoencoder" else None
     if name is None:
         raise ConfigError(f"[{section}] needs a 'name' key naming a registered {kind}", section=section)
     if not isinstance(name, str):
@@ -182,7 +183,20 @@ def _component(values: Mapping[str, Any], section: str, kind: str, manager: Plug
                           section=section, key="name")
     if check:
         _check_component(kind, name, values, section, manager)
-    return ComponentConfig(name=name, options=values, weights_from=weights_from)
+    return ComponentConfig(name=name, options=values, weights_from=weights_from, fit_statistics=fit_statistics)
+
+
+def _fit_statistics(value: Any, section: str) -> Literal["scale", "scale_shift"] | None:
+    """``fit_statistics = false | true | "scale" | "scale_shift"`` -> None, "scale" or
+    "scale_shift"."""
+    if value is None or value is False:
+        return None
+    if value is True or value == "scale":
+        return "scale"
+    if value == "scale_shift":
+        return "scale_shift"
+    raise ConfigError(f"[{section}] fit_statistics must be true, false, 'scale' or 'scale_shift', got {value!r}",
+                      section=section, key="fit_statistics")
 
 
 def _check_component(kind: str, name: str, options: Mapping[str, Any], section: str,
@@ -208,7 +222,8 @@ def _check_component(kind: str, name: str, options: Mapping[str, Any], section: 
             allowed = sorted(params)
             raise ConfigError(
                 f"[{section}] unknown key {key!r} for {kind} {name!r}; allowed keys: name, "
-                f"{'weights_from, ' if kind != 'dataset' else ''}{', '.join(allowed)}.{suggest(key, allowed)}",
+                f"{'weights_from, ' if kind != 'dataset' else ''}{'fit_statistics, ' if kind == 'autoencoder' else ''}"
+                f"{', '.join(allowed)}.{suggest(key, allowed)}",
                 section=section, key=key,
             )
         if matches(value, params[key]) is False:

@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 import torch
 
-from latentkit.experiment.build import build_dataset, build_model
+from latentkit.experiment.build import build_dataset, build_model, fit_statistics
 from latentkit.experiment.parse import load_config
 from latentkit.experiment.schema import ExperimentConfig
 from latentkit.fileio import atomic_write_text
@@ -51,11 +51,13 @@ def build_trainer(
     plugins: Iterable[Any] = (),
 ) -> Trainer:
     """The :class:`~latentkit.training.Trainer` of ``config``: torch seeded with
-    ``[training] seed`` (the same config builds the same initial weights), model and dataset
-    built, and the config copied into the run directory (main process) so that the run can
-    be loaded back. ``plugins`` are lifecycle hooks for this run only."""
+    ``[training] seed`` (the same config builds the same initial weights), model built, its
+    latent statistics fitted when ``[autoencoder] fit_statistics`` asks, dataset built, and
+    the config copied into the run directory (main process) so that the run can be loaded
+    back. ``plugins`` are lifecycle hooks for this run only."""
     torch.manual_seed(config.training.seed)
     model = build_model(config, manager=manager)
+    fit_statistics(config, model, manager=manager)  # before a latent cache: it stores raw latents
     data = build_dataset(config, model, manager=manager)
     trainer = Trainer(model, data, config.training, plugin_manager=manager, plugins=plugins)
     if trainer.is_main_process:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
@@ -88,6 +88,7 @@ class ComponentConfig:
     name: str
     options: dict[str, Any] = attrs.field(factory=dict)
     weights_from: str | None = None  # weights loaded after creation (checkpoint, run dir, .safetensors)
+    fit_statistics: Literal["scale", "scale_shift"] | None = None  # [autoencoder] only: latent normalisation fitted on the training data
 
 
 @attrs.frozen

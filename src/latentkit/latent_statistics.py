@@ -1,25 +1,29 @@
-"""Latent statistics: estimate the latent normalisation from data.
+"""Latent statistics: estimate the latent normalisation of any autoencoder from data.
 
 Rombach et al. 2022 (Sec. 4.3.2 and App. G) rescale the latents of the KL autoencoder by a
 single component-wise factor ``1 / std(z)`` estimated on the first training batch, so that
 the diffusion model sees unit-variance latents; later models also subtract a shift (the latent
 mean). This module estimates both from as much data as one wants (streaming, float64 sums) and
 stores them in the autoencoder's buffers, so ``normalize`` applies them and they travel with
-the weights.
+the weights. It is part of the :class:`~latentkit.interfaces.Autoencoder` contract
+(``Autoencoder.fit_latent_statistics``), so a third party's autoencoder gets it too; a config
+asks for it with ``[autoencoder] fit_statistics`` (docs/training.md).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 import torch
 
-from latentkit.interfaces import Autoencoder
 from latentkit.random import Generators
 from latentkit.specs import DATA_KEYS
+
+if TYPE_CHECKING:
+    from latentkit.interfaces import Autoencoder
 
 __all__ = ["LatentStatistics", "fit_latent_statistics"]
 

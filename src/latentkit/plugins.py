@@ -35,7 +35,12 @@ import attrs
 import pluggy
 
 from latentkit import hookspecs
-from latentkit.errors import MissingDependencyError, PluginError, UnknownComponentError
+from latentkit.errors import (
+    LatentkitError,
+    MissingDependencyError,
+    PluginError,
+    UnknownComponentError,
+)
 from latentkit.interfaces import KINDS
 
 __all__ = [
@@ -344,7 +349,7 @@ class PluginManager:
                 self._dists[name] = (dist, version)
                 try:
                     obj = loader()
-                except Exception as exc:
+                except (Exception, SystemExit) as exc:  # a module that calls sys.exit() is broken too
                     self._fail(name, "import", exc)
                     continue
                 self._register(obj, name, dist, version)
@@ -361,7 +366,7 @@ class PluginManager:
         registrar = Registrar(kind, plugin, dist, version)
         try:
             function(registry=registrar)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             self._fail(plugin, _HOOK_OF_KIND[kind], exc)
             return
         table = self._components[kind]
@@ -393,6 +398,40 @@ class PluginManager:
                         if impl.plugin_name == name:
                             self._run_registration(kind, name, impl.function)
             return name
+
+    def call(self, hook: str, **kwargs: Any) -> Any:
+        """Fire ``hook`` with ``kwargs``. An implementation that fails unexpectedly (any
+        exception but a :class:`~latentkit.errors.LatentkitError`, which already says what is
+        wrong) has the hook, the plugin and its distribution added to its notes
+        (``exc.__notes__``, which the command line prints on its one line) and is raised as it
+        is; ``sys.exit()`` in a hook becomes a :class:`PluginError`."""
+        caller = getattr(self.hook, hook)
+        try:
+            return caller(**kwargs)
+        except (Exception, SystemExit) as exc:
+            if isinstance(exc, LatentkitError):
+                raise
+            plugin = self._culprit(caller, exc)
+            dist, version = self._dists.get(plugin or "", (None, None))
+            where = (f"plugin {plugin!r} (distribution {dist or 'unknown'}{' ' + version if version else ''})"
+                     if plugin else "a plugin")
+            note = f"raised by {hook} of {where}"
+            if isinstance(exc, SystemExit):
+                raise PluginError(f"{hook} of {where} called sys.exit({exc.code!r})") from exc
+            exc.__notes__ = [*getattr(exc, "__notes__", []), note]  # type: ignore[attr-defined]  # add_note, 3.10 too
+            raise
+
+    @staticmethod
+    def _culprit(caller: Any, exc: BaseException) -> str | None:
+        """The plugin whose implementation of ``caller``'s hook is on ``exc``'s traceback."""
+        codes = {impl.function.__code__: impl.plugin_name for impl in caller.get_hookimpls()
+                 if hasattr(impl.function, "__code__")}
+        tb = exc.__traceback__
+        found = None
+        while tb is not None:
+            found = codes.get(tb.tb_frame.f_code, found)
+            tb = tb.tb_next
+        return found
 
     @contextlib.contextmanager
     def registered(self, *plugins: Any) -> Iterator[None]:

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 import types
 import typing
+from collections import abc
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -25,6 +27,7 @@ from latentkit.errors import ConfigError
 
 __all__ = [
     "check_fields",
+    "check_finite",
     "check_positive",
     "convert",
     "factory_parameters",
@@ -47,13 +50,13 @@ def type_name(hint: Any) -> str:
         return " | ".join(repr(a) for a in typing.get_args(hint))
     if origin in (typing.Union, types.UnionType):
         return " | ".join(type_name(a) for a in typing.get_args(hint))
-    if origin in (list, tuple, dict):
+    if origin in (list, tuple, dict, abc.Sequence, abc.Iterable):
         args = typing.get_args(hint)
         if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
             return f"array of {type_name(args[0])}"
         if origin is tuple:
             return f"array of {len(args)} ({', '.join(type_name(a) for a in args)})"
-        if origin is list:
+        if origin is not dict:
             return f"array of {type_name(args[0])}" if args else "array"
         return "table"
     return {int: "integer", float: "number", str: "string", bool: "boolean"}.get(hint, getattr(hint, "__name__", str(hint)))
@@ -83,8 +86,8 @@ def matches(value: Any, hint: Any) -> bool | None:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is str:
         return isinstance(value, str)
-    if origin in (list, tuple) or hint in (list, tuple):
-        if not isinstance(value, (list, tuple)):
+    if origin in (list, tuple, abc.Sequence, abc.Iterable) or hint in (list, tuple, abc.Sequence, abc.Iterable):
+        if not isinstance(value, (list, tuple)):  # a string is no array: "12" is not (1, 2)
             return False
         if not args:
             return True
@@ -166,6 +169,15 @@ def check_positive(section: str, **values: float | int | None) -> None:
     for key, v in values.items():
         if v is not None and not v > 0:
             raise ConfigError(f"[{section}] {key} must be > 0, got {v!r}", section=section, key=key)
+
+
+def check_finite(section: str, **values: float | tuple[float, ...] | None) -> None:
+    """Raise a :class:`ConfigError` naming the first of ``values`` that is NaN or infinite
+    (tuples are checked element by element)."""
+    for key, v in values.items():
+        items = v if isinstance(v, tuple) else (v,)
+        if any(x is not None and not math.isfinite(x) for x in items):
+            raise ConfigError(f"[{section}] {key} must be a finite number, got {v!r}", section=section, key=key)
 
 
 def factory_parameters(factory: Callable[..., Any]) -> tuple[dict[str, Any], bool]:

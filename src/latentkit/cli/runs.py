@@ -37,9 +37,9 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
         overrides["resume"] = args.resume
     if args.no_progress:
         overrides["progress"] = False
-    trainer = build_trainer(with_overrides(load_config(path), overrides))
+    trainer = build_trainer(with_overrides(load_config(path), overrides))  # resumes, when there is a run
     main_rank = _is_main_rank()
-    if trainer.config.resume and trainer.resume():
+    if trainer.step > 0:
         if main_rank:
             print(f"resuming from {trainer.last_checkpoint} (step {trainer.step})", file=out)
     elif args.resume and main_rank:

@@ -22,14 +22,16 @@ from typing import Any
 import attrs
 import torch
 
+from latentkit.errors import ConfigError, LatentkitError
 from latentkit.experiment.build import build_dataset, build_model, fit_statistics
 from latentkit.experiment.parse import load_config
 from latentkit.experiment.schema import ExperimentConfig
 from latentkit.fileio import atomic_write_text
-from latentkit.plugins import PluginManager
+from latentkit.plugins import PluginManager, get_plugin_manager
 from latentkit.training import Trainer, load_weights
 
-__all__ = ["RUN_CONFIG", "build_trainer", "find_run_config", "load_run", "train", "with_overrides"]
+__all__ = ["RESUMABLE_CHANGES", "RUN_CONFIG", "build_trainer", "find_run_config", "load_run", "train",
+           "with_overrides"]
 
 #: The config a run was trained with, inside its run directory.
 RUN_CONFIG = "config.toml"
@@ -44,22 +46,110 @@ def with_overrides(config: ExperimentConfig, overrides: Mapping[str, Any]) -> Ex
     return attrs.evolve(config, training=attrs.evolve(config.training, **overrides), text=note + config.text)
 
 
+#: ``[training]`` keys a resumed run may change: steps and time, the lr schedule, logging,
+#: sampling and checkpointing, and where and how it runs. Any other difference from the run's
+#: own config (a part, the model, the data, the optimizer, EMA, the seed) is refused.
+RESUMABLE_CHANGES = frozenset({
+    "max_steps", "max_seconds", "lr", "warmup_steps", "lr_decay", "min_lr_ratio",
+    "log_every", "csv", "tensorboard", "progress", "sample_every", "sample_prompts", "sample_labels",
+    "sample_count", "sample_steps", "sample_sampler", "sample_guidance", "sample_seed",
+    "checkpoint_every", "keep_last", "resume", "output_dir", "num_workers", "device", "compile",
+    "channels_last", "tf32", "nonfinite", "nonfinite_skip_limit", "find_unused_parameters",
+})
+
+
+#: Keys of a part table a resumed run may change: the checkpoint holds its weights and
+#: latent statistics anyway.
+_RESUMABLE_PART_KEYS = frozenset({"weights_from", "fit_statistics"})
+
+
+def _changed_keys(old: ExperimentConfig, new: ExperimentConfig) -> list[str]:
+    """``[section] key`` of every difference between two configs that a resume cannot take."""
+    changed = []
+    for section in ("autoencoder", "denoiser", "conditioner", "schedule", "model", "data", "training"):
+        a, b = getattr(old, section), getattr(new, section)
+        da = attrs.asdict(a) if a is not None else {}
+        db = attrs.asdict(b) if b is not None else {}
+        flat_a = {**da.pop("options", {}), **da}
+        flat_b = {**db.pop("options", {}), **db}
+        for key in sorted(set(flat_a) | set(flat_b)):
+            resumable = RESUMABLE_CHANGES if section == "training" else _RESUMABLE_PART_KEYS
+            if flat_a.get(key) != flat_b.get(key) and key not in resumable:
+                changed.append(f"[{section}] {key}")
+    return changed
+
+
+def _check_resumable(config: ExperimentConfig, output_dir: Path) -> None:
+    """Refuse to resume the run in ``output_dir`` with a config that does not fit it."""
+    own = output_dir / RUN_CONFIG
+    if not config.training.resume or not own.is_file() or not any((output_dir / "checkpoints").glob("step_*")):
+        return
+    try:
+        previous = load_config(own, check_components=False)
+    except ConfigError as exc:
+        raise ConfigError(f"cannot resume {output_dir}: its own {RUN_CONFIG} does not load ({exc.message})",
+                          path=config.path) from exc
+    changed = _changed_keys(previous, config)
+    if changed:
+        raise ConfigError(
+            f"cannot resume {output_dir} with this config: it changes {', '.join(changed)} from the run's own "
+            f"{RUN_CONFIG}, which its checkpoints were trained with; use another --output (or output_dir), "
+            f"or --no-resume to start over there", path=config.path)
+
+
+def _check_sampling(config: ExperimentConfig, model: Any, manager: PluginManager | None) -> None:
+    """The ``sample_*`` options are checked now, not when the first grid is drawn: the sampler
+    is registered, and the conditioner takes the prompts or labels (a dry run of it)."""
+    cfg = config.training
+    if not cfg.sample_every:
+        return
+    pm = manager or get_plugin_manager()
+    if cfg.sample_sampler is not None:
+        try:
+            pm.get("sampler", cfg.sample_sampler)
+        except LatentkitError as exc:
+            raise config.error(f"[training] sample_sampler: {exc}", "training", "sample_sampler") from None
+    conditioner = getattr(model, "conditioner", None)
+    if conditioner is None or not (cfg.sample_prompts or cfg.sample_labels):
+        return
+    from latentkit.samples import conditioning_batch
+
+    key = "sample_prompts" if cfg.sample_prompts else "sample_labels"
+    try:
+        batch, _ = conditioning_batch(model, prompts=cfg.sample_prompts, labels=cfg.sample_labels,
+                                      names=("sample_prompts", "sample_labels"))
+        with torch.no_grad():
+            conditioner(batch)
+    except Exception as exc:  # any refusal of the conditioner: now, before training
+        raise config.error(f"[training] {key}: {type(exc).__name__}: {exc}" if not isinstance(exc, (
+            LatentkitError, ValueError)) else f"[training] {key}: {exc}", "training", key) from exc
+
+
 def build_trainer(
     config: ExperimentConfig,
     *,
     manager: PluginManager | None = None,
     plugins: Iterable[Any] = (),
 ) -> Trainer:
-    """The :class:`~latentkit.training.Trainer` of ``config``: torch seeded with
-    ``[training] seed`` (the same config builds the same initial weights), model built, its
-    latent statistics fitted when ``[autoencoder] fit_statistics`` asks, dataset built, and
-    the config copied into the run directory (main process) so that the run can be loaded
-    back. ``plugins`` are lifecycle hooks for this run only."""
+    """The :class:`~latentkit.training.Trainer` of ``config``, resumed from its run directory
+    when that holds a checkpoint (and ``[training] resume``).
+
+    In order: a resume with a config that changes more than :data:`RESUMABLE_CHANGES` is
+    refused; torch is seeded with ``[training] seed`` (the same config builds the same initial
+    weights); the model is built, its latent statistics fitted when ``[autoencoder]
+    fit_statistics`` asks, the ``sample_*`` options checked, the dataset built; the trainer
+    resumes; only then is the config copied into the run directory (main process), so a
+    refused or failed resume leaves the run as it was. ``plugins`` are lifecycle hooks for
+    this run only."""
+    _check_resumable(config, Path(config.training.output_dir))
     torch.manual_seed(config.training.seed)
     model = build_model(config, manager=manager)
     fit_statistics(config, model, manager=manager)  # before a latent cache: it stores raw latents
+    _check_sampling(config, model, manager)
     data = build_dataset(config, model, manager=manager)
     trainer = Trainer(model, data, config.training, plugin_manager=manager, plugins=plugins)
+    if config.training.resume:
+        trainer.resume()
     if trainer.is_main_process:
         source = f"# written by latentkit from {Path(config.path).resolve()}\n" if config.path else ""
         atomic_write_text(trainer.output_dir / RUN_CONFIG, source + config.text)

@@ -142,8 +142,8 @@ def write_samples(
 
     pm = plugin_manager or get_plugin_manager()
     try:
-        written = None if samples.layout is None else pm.hook.latentkit_write_samples(
-            samples=samples.images, path=str(path), layout=samples.layout,
+        written = None if samples.layout is None else pm.call(
+            "latentkit_write_samples", samples=samples.images, path=str(path), layout=samples.layout,
             captions=samples.captions, value_range=samples.value_range)
     except Exception as exc:
         if not grid_if_writer_fails:

@@ -43,6 +43,7 @@ __all__ = [
     "LoadedCheckpoint",
     "checkpoint_dirs",
     "from_json_state",
+    "is_intact",
     "latest_checkpoint",
     "load_checkpoint",
     "load_weights",
@@ -52,7 +53,10 @@ __all__ = [
     "to_json_state",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest carries a digest of itself (version 1 is still read)
+READABLE_VERSIONS = (1, 2)
+#: The manifest's own integrity: SHA-256 of its canonical JSON without this entry.
+MANIFEST_HASH = "manifest_sha256"
 MANIFEST = "state.json"
 MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
@@ -198,13 +202,14 @@ def save_checkpoint(
         tensors: dict[str, torch.Tensor] = {}
         json_state = to_json_state(dict(state or {}), tensors, "state")
         put(STATE_TENSORS_FILE, safetensors.torch.save(tensors))
-        manifest = {
+        manifest: dict[str, Any] = {
             "format": "latentkit-checkpoint",
             "format_version": FORMAT_VERSION,
             "step": int(step),
             "files": files,
             "state": json_state,
         }
+        manifest[MANIFEST_HASH] = _manifest_digest(manifest)
         # The manifest is written last: a directory without it is never a valid checkpoint.
         write_synced(tmp / MANIFEST, json.dumps(manifest, indent=1, allow_nan=False).encode())
     if keep_last is not None:
@@ -218,7 +223,7 @@ def prune_checkpoints(directory: str | os.PathLike[str], keep_last: int) -> list
     if keep_last < 1:
         raise ValueError(f"keep_last must be >= 1, got {keep_last}")
     dirs = checkpoint_dirs(directory)
-    intact = [(s, p) for s, p in dirs if _quick_intact(p)]
+    intact = [(s, p) for s, p in dirs if is_intact(p)]
     kept = {p for _, p in intact[-keep_last:]}
     oldest_kept = min((s for s, p in intact if p in kept), default=None)
     removed = []
@@ -232,13 +237,30 @@ def prune_checkpoints(directory: str | os.PathLike[str], keep_last: int) -> list
     return removed
 
 
-def _quick_intact(path: Path) -> bool:
-    """Manifest present and every file of the size it names (no hashing)."""
+#: Verified checkpoints of this process: path -> (size, mtime_ns) of each file when verified.
+_VERIFIED: dict[Path, tuple[tuple[str, int, int], ...]] = {}
+
+
+def _fingerprint(path: Path) -> tuple[tuple[str, int, int], ...]:
+    stats = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.iterdir() if p.is_file())
+    return tuple(stats)
+
+
+def is_intact(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a checkpoint that loads: the same test as :func:`load_checkpoint`
+    (manifest digest, every file's size and SHA-256). A result is remembered in this process
+    until a file of the checkpoint changes, so pruning after each save does not hash old
+    checkpoints again."""
+    path = Path(path)
     try:
-        manifest = json.loads((path / MANIFEST).read_text())
-        return all((path / f).stat().st_size == info["bytes"] for f, info in manifest["files"].items())
-    except (OSError, ValueError, KeyError, TypeError):
+        fingerprint = _fingerprint(path)
+        if _VERIFIED.get(path) == fingerprint:
+            return True
+        _verify(path, _read_manifest(path), verify_hash=True)
+    except (OSError, CheckpointError):
         return False
+    _VERIFIED[path] = fingerprint
+    return True
 
 
 # ----------------------------------------------------------------------- load
@@ -266,16 +288,32 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         )
     try:
         manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise CheckpointError(f"checkpoint {path}: {MANIFEST} is unreadable or truncated: {exc}") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != "latentkit-checkpoint":
         raise CheckpointError(f"checkpoint {path}: {MANIFEST} is not a latentkit checkpoint manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    version = manifest.get("format_version")
+    if version not in READABLE_VERSIONS:
         raise CheckpointError(
-            f"checkpoint {path}: format version {manifest.get('format_version')} is not "
-            f"supported (this latentkit reads version {FORMAT_VERSION})"
+            f"checkpoint {path}: format version {version!r} is not supported (this latentkit reads "
+            f"versions {', '.join(map(str, READABLE_VERSIONS))})"
         )
+    if version >= 2 and manifest.get(MANIFEST_HASH) != _manifest_digest(manifest):
+        raise CheckpointError(f"checkpoint {path} is corrupt: {MANIFEST} does not match its own digest "
+                              "(the file was edited or damaged)")
+    files = manifest.get("files")
+    if not (isinstance(files, dict) and MODEL_FILE in files and STATE_TENSORS_FILE in files
+            and all(isinstance(f, str) and "/" not in f and isinstance(i, dict) and isinstance(i.get("bytes"), int)
+                    and isinstance(i.get("sha256"), str) for f, i in files.items())
+            and isinstance(manifest.get("step"), int) and isinstance(manifest.get("state"), dict)):
+        raise CheckpointError(f"checkpoint {path} is corrupt: {MANIFEST} lacks the files, step or state of a "
+                              "checkpoint")
     return manifest
+
+
+def _manifest_digest(manifest: Mapping[str, Any]) -> str:
+    body = {k: v for k, v in manifest.items() if k != MANIFEST_HASH}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _verify(path: Path, manifest: Mapping[str, Any], verify_hash: bool) -> None:
@@ -315,7 +353,13 @@ def load_checkpoint(path: str | os.PathLike[str], *, verify_hash: bool = True) -
     model = _load_tensors(path, MODEL_FILE)
     ema = _load_tensors(path, EMA_FILE) if EMA_FILE in files else None
     tensors = _load_tensors(path, STATE_TENSORS_FILE)
-    state = from_json_state(manifest["state"], tensors)
+    try:
+        state = from_json_state(manifest["state"], tensors)
+    except (KeyError, TypeError, ValueError, RecursionError) as exc:
+        raise CheckpointError(f"checkpoint {path} is corrupt: its training state does not decode ({exc})") from exc
+    if state.get("step", manifest["step"]) != manifest["step"]:
+        raise CheckpointError(f"checkpoint {path} is corrupt: its state is of step {state.get('step')}, the manifest "
+                              f"says step {manifest['step']}")
     return LoadedCheckpoint(path=path, step=int(manifest["step"]), model=model, ema=ema, state=state)
 
 

@@ -13,9 +13,13 @@ from typing import Literal
 import attrs
 
 from latentkit.errors import ConfigError
-from latentkit.validation import check_positive, validate_attrs
+from latentkit.validation import check_finite, check_positive, validate_attrs
 
-__all__ = ["TrainingConfig"]
+__all__ = ["SEED_LIMIT", "TrainingConfig"]
+
+#: Seeds are below 2^63: every generator latentkit seeds (torch's, NumPy's via seed mod 2^32,
+#: Python's) takes them.
+SEED_LIMIT = 2**63
 
 
 @attrs.frozen(kw_only=True)
@@ -53,6 +57,7 @@ class TrainingConfig:
     keep_last: int = 3  # checkpoints kept
     resume: bool = True  # continue from the newest intact checkpoint in output_dir
     nonfinite: Literal["stop", "skip"] = "stop"  # on a NaN/inf loss: stop, or skip the step
+    nonfinite_skip_limit: float = 0.25  # with "skip": stop once more than this share of the steps were skipped
     log_every: int = 10  # steps between metric rows (CSV/TensorBoard)
     csv: bool = True
     tensorboard: bool = False  # when the tensorboard package is installed
@@ -69,6 +74,17 @@ class TrainingConfig:
 
     def __attrs_post_init__(self) -> None:
         validate_attrs(self, "training")
+        check_finite("training", lr=self.lr, eps=self.eps, weight_decay=self.weight_decay, betas=self.betas,
+                     min_lr_ratio=self.min_lr_ratio, grad_clip=self.grad_clip, ema_decay=self.ema_decay,
+                     ema_power=self.ema_power, max_seconds=self.max_seconds, sample_guidance=self.sample_guidance,
+                     nonfinite_skip_limit=self.nonfinite_skip_limit)
+        for key in ("seed", "sample_seed"):
+            if not 0 <= getattr(self, key) < SEED_LIMIT:
+                raise ConfigError(f"[training] {key} must lie in [0, 2^63), got {getattr(self, key)!r}",
+                                  section="training", key=key)
+        if not 0.0 < self.nonfinite_skip_limit <= 1.0:
+            raise ConfigError(f"[training] nonfinite_skip_limit must lie in (0, 1], got {self.nonfinite_skip_limit!r}",
+                              section="training", key="nonfinite_skip_limit")
         check_positive("training", max_steps=self.max_steps, batch_size=self.batch_size,
                        grad_accum=self.grad_accum, lr=self.lr, keep_last=self.keep_last,
                        log_every=self.log_every, ema_update_every=self.ema_update_every,

@@ -4,6 +4,7 @@ onto the device."""
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,6 +46,10 @@ def setup_process(config: TrainingConfig) -> tuple[DistributedInfo, torch.device
     if config.precision == "fp16" and device.type != "cuda":
         raise ConfigError(f"[training] precision = 'fp16' needs a CUDA device (the device is {device}); "
                           "use 'bf16' or 'fp32'", section="training", key="precision")
+    cpus = os.cpu_count() or 1
+    if config.num_workers > cpus:  # each worker is a process: more than the CPUs only exhausts memory
+        raise ConfigError(f"[training] num_workers must be at most the {cpus} CPUs of this machine, got "
+                          f"{config.num_workers}", section="training", key="num_workers")
     if config.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     if device.type == "cuda" and config.tf32:

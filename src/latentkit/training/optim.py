@@ -13,7 +13,7 @@ from torch import nn
 from latentkit.training.config import TrainingConfig
 from latentkit.training.protocol import uses_several_optimizers
 
-__all__ = ["OptimizerGroup", "WarmupDecay", "budget_horizon", "build_optimizers"]
+__all__ = ["OptimizerGroup", "WarmupDecay", "all_finite", "budget_horizon", "build_optimizers"]
 
 
 class WarmupDecay:
@@ -45,6 +45,13 @@ class WarmupDecay:
         p = min(1.0, max(0.0, (step - self.warmup_steps) / span))
         shape = 0.5 * (1.0 + math.cos(math.pi * p)) if self.decay == "cosine" else 1.0 - p
         return self.min_ratio + (1.0 - self.min_ratio) * shape
+
+
+def all_finite(params: list[nn.Parameter]) -> bool:
+    """Whether every parameter is finite: one fused norm over all of them (cheap next to a
+    training step), finite exactly when every element is."""
+    with torch.no_grad():
+        return bool(torch.isfinite(nn.utils.get_total_norm([p.detach() for p in params], foreach=True)))
 
 
 def budget_horizon(step: int, seconds: float, since: tuple[int, float], budget: float, max_steps: int) -> int:

@@ -39,7 +39,13 @@ from latentkit.training.distributed import (
     wrap_ddp,
 )
 from latentkit.training.ema import EMA
-from latentkit.training.optim import OptimizerGroup, WarmupDecay, budget_horizon, build_optimizers
+from latentkit.training.optim import (
+    OptimizerGroup,
+    WarmupDecay,
+    all_finite,
+    budget_horizon,
+    build_optimizers,
+)
 from latentkit.training.protocol import (
     LossModule,
     compile_loss,
@@ -207,7 +213,7 @@ class Trainer:
             self.last_checkpoint = path
         barrier()
         if path is not None:
-            self.hook.latentkit_checkpoint_saved(trainer=self, step=self.step, path=str(path))
+            self.plugin_manager.call("latentkit_checkpoint_saved", trainer=self, step=self.step, path=str(path))
         return path
 
     def load_checkpoint(self, checkpoint: ckpt_io.LoadedCheckpoint | str | Path) -> None:
@@ -216,7 +222,12 @@ class Trainer:
         if not isinstance(checkpoint, ckpt_io.LoadedCheckpoint):
             checkpoint = ckpt_io.load_checkpoint(checkpoint)
         state = checkpoint.state
-        self.model.load_state_dict(checkpoint.model)
+        try:
+            self.model.load_state_dict(checkpoint.model)
+        except RuntimeError as exc:  # keys or shapes of another model
+            first = str(exc).split("\n\t", 2)[:2]
+            raise CheckpointError(f"{checkpoint.path} does not fit this {type(self.model).__name__}: "
+                                  f"{' '.join(line.strip() for line in first)}") from None
         if self.ema is not None:
             if checkpoint.ema is None or state.get("ema") is None:
                 raise CheckpointError(f"{checkpoint.path} has no EMA weights, but EMA is on")
@@ -283,14 +294,14 @@ class Trainer:
         return kw
 
     def _nonfinite(self, what: str, value: float, group: str) -> None:
-        last = self.last_checkpoint
-        if last is None:
-            existing = ckpt_io.checkpoint_dirs(self.checkpoint_dir)
-            last = existing[-1][1] if existing else None
+        good = [p for _, p in reversed(ckpt_io.checkpoint_dirs(self.checkpoint_dir)) if ckpt_io.is_intact(p)]
+        last = self.last_checkpoint or (good[0] if good else None)
+        weights = what.startswith("weights")
+        cure = ("" if weights else ", or nonfinite = 'skip' to skip such steps")
         raise NonFiniteLossError(
             f"non-finite {what} ({value}) at step {self.step + 1} (optimizer {group!r}). Training "
             f"stopped; no checkpoint was written after the last good one ({last or 'none yet'}). Try a "
-            "lower lr, a warm-up, grad_clip, bf16 instead of fp16, or nonfinite = 'skip' to skip such steps.")
+            f"lower lr, a warm-up, grad_clip, bf16 instead of fp16{cure}.")
 
     def _optimizer_step(self, batches: Sequence[Any]) -> dict[str, float]:
         cfg = self.config
@@ -339,6 +350,8 @@ class Trainer:
                 skipped = True
             elif has_grad:
                 self.scaler.step(group.optimizer)
+                if not all_finite(group.params):  # an update no skip can undo: never train on (or save) it
+                    self._nonfinite("weights after the update", math.nan, group.name)
             lr = group.optimizer.param_groups[0]["lr"]
             with warnings.catch_warnings():
                 # A skipped optimizer step (no gradients yet, or a non-finite one) still
@@ -359,6 +372,13 @@ class Trainer:
         self.model.zero_grad(set_to_none=True)
         if skipped:
             self.skipped_steps += 1
+            limit = cfg.nonfinite_skip_limit
+            if self.skipped_steps >= 3 and self.skipped_steps > limit * (self.step + 1):
+                raise NonFiniteLossError(
+                    f"{self.skipped_steps} of {self.step + 1} steps were skipped for non-finite losses or "
+                    f"gradients, more than nonfinite_skip_limit = {limit:g} of them: the run is not training. "
+                    f"Try a lower lr, a warm-up, grad_clip or bf16; the last checkpoint is "
+                    f"{self.last_checkpoint or 'none yet'}")
         metrics["skipped_steps"] = float(self.skipped_steps)
         return metrics
 
@@ -418,6 +438,17 @@ class Trainer:
             return "max_steps"
         return None
 
+    def _step_end_hooks(self, metrics: dict[str, float]) -> None:
+        """``latentkit_train_step_end``; when a plugin's hook raises, the step it ended is
+        saved first (the work is never lost to a plugin), then the error names the plugin."""
+        try:
+            self.plugin_manager.call("latentkit_train_step_end", trainer=self, step=self.step, metrics=metrics)
+        except Exception:
+            if self.config.checkpoint_every > 0 and self.last_checkpoint != self.checkpoint_dir / f"step_{self.step:08d}":
+                with contextlib.suppress(Exception):
+                    self.save_checkpoint()
+            raise
+
     def _checkpoint_due(self, stopping: bool) -> bool:
         every = self.config.checkpoint_every
         return every > 0 and (stopping or self.step % every == 0)
@@ -434,7 +465,7 @@ class Trainer:
         self._budget_start = None
         try:
             with self.plugin_manager.registered(*self._plugins):
-                self.hook.latentkit_train_start(trainer=self)
+                self.plugin_manager.call("latentkit_train_start", trainer=self)
                 self.stop_reason = self._why_stop()  # a finished run resumed: nothing to do
                 last = self.clock()
                 while self.stop_reason is None:
@@ -447,12 +478,12 @@ class Trainer:
                     if self._budget_start is None:
                         self._budget_start = (self.step, self.train_seconds)
                     self.stop_reason = self._why_stop()  # hooks of the last step see why
-                    self.hook.latentkit_train_step_end(trainer=self, step=self.step, metrics=metrics)
+                    self._step_end_hooks(metrics)
                     if self.stop_reason is None and self._agree():  # a hook asked
                         self.stop_reason = self._stop_requested or "requested"
                     if self._checkpoint_due(self.stop_reason is not None):
                         self.save_checkpoint()  # its time (and the hooks') counts in the next step's
-                self.hook.latentkit_train_end(trainer=self, step=self.step)
+                self.plugin_manager.call("latentkit_train_end", trainer=self, step=self.step)
         finally:
             while self._cleanups:
                 fn = self._cleanups.pop()

@@ -71,7 +71,7 @@ def scaled_config(
 def write_checkpoint_file(path: Path, config: Any, dtype: torch.dtype) -> int:
     """Write an SD-format file of ``config`` with uniform random values, without building the
     model in memory (shapes come from a meta-device build). Returns its size in bytes."""
-    from latentkit.interop.checkpoint_io import write_checkpoint
+    from latentkit.checkpoint_files import write_checkpoint
     from latentkit.interop.stable_diffusion import ldm_meta_state
 
     shapes = ldm_meta_state(config)

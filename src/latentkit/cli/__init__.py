@@ -10,8 +10,9 @@
 * ``latentkit eval RUN`` measures prompt adherence (``shapes`` prompts) or reconstruction;
 * ``latentkit quickstart`` trains a small text-to-image latent diffusion model on the CPU.
 
-Every command takes ``--help``; a bad argument, config or checkpoint is a one-line error
-(exit status 2), not a traceback (set ``LATENTKIT_TRACEBACK=1`` to see one). See docs/cli.md.
+Every command takes ``--help``; any failure (a bad argument, config or checkpoint, a broken
+plugin, an error inside torch) is one line naming what the command was doing, exit status 2,
+not a traceback (set ``LATENTKIT_TRACEBACK=1`` to see one). See docs/cli.md.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import TextIO
 
 from latentkit.cli.components import add_component_commands
 from latentkit.cli.runs import add_run_commands
+from latentkit.cli.stage import EXPECTED, one_line
 from latentkit.errors import LatentkitError
 
 __all__ = ["build_parser", "main"]
@@ -51,11 +53,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     except KeyboardInterrupt:
         print(f"latentkit {args.command}: interrupted", file=sys.stderr)
         return 130
-    except (LatentkitError, KeyError, OSError, ValueError, TypeError) as exc:
+    except Exception as exc:  # the last line of defence: one line, never a traceback
         if os.environ.get("LATENTKIT_TRACEBACK", "").strip().lower() in ("1", "true", "yes"):
             raise
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
-            message = f"{exc.strerror}: {exc.filename}"
-        print(f"latentkit {args.command}: error: {message}", file=sys.stderr)
+        expected = isinstance(exc, (LatentkitError, *EXPECTED))
+        hint = "" if expected else " (LATENTKIT_TRACEBACK=1 shows where)"
+        print(f"latentkit {args.command}: error: {one_line(exc)}{hint}", file=sys.stderr)
         return 2

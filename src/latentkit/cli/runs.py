@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from latentkit.cli.stage import stage
+
 __all__ = ["add_run_commands", "cmd_eval", "cmd_quickstart", "cmd_sample", "cmd_train"]
 
 
@@ -37,7 +39,10 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
         overrides["resume"] = args.resume
     if args.no_progress:
         overrides["progress"] = False
-    trainer = build_trainer(with_overrides(load_config(path), overrides))  # resumes, when there is a run
+    with stage("reading the config"):
+        config = with_overrides(load_config(path), overrides)
+    with stage("building the model and data"):
+        trainer = build_trainer(config)  # resumes, when there is a run
     main_rank = _is_main_rank()
     if trainer.step > 0:
         if main_rank:
@@ -50,7 +55,9 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
               f"{len(trainer.dataset)} items, {trainer.device}, world size {trainer.dist.world_size} -> "  # type: ignore[arg-type]
               f"{trainer.output_dir}", file=out)
     try:
-        metrics = trainer.fit()
+        with stage(lambda: f"training (after step {trainer.step}; last checkpoint "
+                           f"{trainer.last_checkpoint or 'none'})"):
+            metrics = trainer.fit()
     except KeyboardInterrupt:
         if main_rank:
             print(f"interrupted at step {trainer.step}; last checkpoint: {trainer.last_checkpoint or 'none'}; "
@@ -65,9 +72,9 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _device(name: str) -> str:
-    import torch
+    from latentkit.training.device import available_device
 
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+    return str(available_device(name, "--device"))  # an unknown or absent device: one line, before loading
 
 
 def _load_for_sampling(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -141,9 +148,12 @@ def cmd_sample(args: argparse.Namespace, out: TextIO) -> int:
     writes them (``latentkit_write_samples``), else a captioned PNG grid."""
     from latentkit.samples import write_samples
 
-    model, config = _load_for_sampling(args)
-    drawn = _draw(model, config, args)
-    written = write_samples(drawn, args.out, nrow=args.num, plugin_manager=getattr(model, "plugin_manager", None))
+    with stage("loading the model"):
+        model, config = _load_for_sampling(args)
+    with stage("sampling"):
+        drawn = _draw(model, config, args)
+    with stage(f"writing {args.out}"):
+        written = write_samples(drawn, args.out, nrow=args.num, plugin_manager=getattr(model, "plugin_manager", None))
     paths = written.paths
     what = "image(s)" if written.grid else f"{drawn.layout} sample(s)"
     if len(paths) == 1:

@@ -11,7 +11,7 @@ autograd graph. Small learned adapters added on top of a frozen encoder (the pro
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -49,31 +49,22 @@ def parse_outputs(
 
 
 def load_weights_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Load a state dict from a local file, safely: ``.safetensors`` through safetensors,
-    anything else through ``torch.load(weights_only=True)`` (no pickled code runs).
+    """Load a state dict from a local file, safely, through
+    :func:`latentkit.checkpoint_files.read_checkpoint`: ``.safetensors`` checked and
+    memory-mapped, anything else through ``torch.load(weights_only=True)``; a pickle that
+    names code is refused with a :class:`~latentkit.errors.CheckpointError` that says so
+    (nothing runs).
 
     A checkpoint that nests its weights under ``state_dict``, ``model`` or ``module`` is
     unwrapped, and a ``module.`` prefix (DataParallel / DDP) is stripped.
     """
+    from latentkit.checkpoint_files import read_checkpoint
+
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file {path!r} does not exist")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        obj: Any = load_file(path, device="cpu")
-    else:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model", "module"):
-        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
-            obj = obj[key]
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"weights file {path!r} holds a {type(obj).__name__}, not a state dict")
-    out: dict[str, torch.Tensor] = {}
-    for k, v in obj.items():
-        if isinstance(v, torch.Tensor):
-            out[k[len("module."):] if k.startswith("module.") else k] = v
-    return out
+    state = read_checkpoint(path).state
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
 def as_string_list(value: Any, *, key: str, owner: str) -> list[str]:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latentkit.conditioners.base import BaseConditioner, parse_outputs
+from latentkit.conditioners.base import BaseConditioner, load_weights_file, parse_outputs
 from latentkit.errors import ShapeError
 from latentkit.interfaces import check_tensor
 from latentkit.specs import Conditioning, ConditioningSpec
@@ -76,6 +76,7 @@ class TimmImageConditioner(BaseConditioner):
             path = os.fspath(weights)
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"TimmImageConditioner: weights file {path!r} does not exist")
+            load_weights_file(path)  # refuses a pickle that names code (and a corrupt file) before timm reads it
             kwargs["pretrained_cfg_overlay"] = {"file": path}
         encoder: Any
         try:

@@ -12,6 +12,7 @@ called with the parts its factory takes and the ``[model]`` options, and refused
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -46,14 +47,59 @@ def build_component(config: ExperimentConfig, section: str, kind: str, comp: Com
     for key, value in defaults.items():
         if key not in options and (key in params or var_kw):
             options[key] = value
+    if kind != "dataset":
+        _check_memory(config, section, kind, comp.name, pm, options)
     try:
         module = pm.create(kind, comp.name, **options)
-    except (TypeError, ValueError) as exc:
+    except Exception as exc:  # whatever the factory (or torch inside it) raises: one line, at its table
         bad = next((k for k in comp.options if repr(k) in str(exc) or k in str(exc)), None)
-        raise config.error(f"[{section}] cannot create {kind} {comp.name!r}: {exc}", section, bad) from exc
+        what = str(exc) if isinstance(exc, (LatentkitError, TypeError, ValueError)) else f"{type(exc).__name__}: {exc}"
+        raise config.error(f"[{section}] cannot create {kind} {comp.name!r}: {what}", section, bad) from exc
+    empty = next(((n, tuple(p.shape)) for n, p in getattr(module, "named_parameters", lambda: [])() if p.numel() == 0),
+                 None)
+    if empty is not None:
+        raise config.error(f"[{section}] {kind} {comp.name!r} has a parameter with no elements ({empty[0]} of shape "
+                           f"{empty[1]}): a width, depth or channel count is 0", section)
     if comp.weights_from is not None:
         _load_component_weights(config, module, comp.weights_from, section)
     return module
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process may still allocate (``MemAvailable`` of /proc/meminfo,
+    else the free physical pages), or ``None`` where the platform does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _check_memory(config: ExperimentConfig, section: str, kind: str, name: str, pm: PluginManager,
+                  options: Mapping[str, Any]) -> None:
+    """Build the component on the meta device first (no memory is allocated) and refuse it
+    when its parameters and buffers alone would not fit in the memory available: a width or
+    depth typed one digit too long must be an error, not the kernel's out-of-memory killer. A
+    factory that cannot build on the meta device is not checked."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            probe = pm.create(kind, name, **options)
+        need = sum(t.numel() * t.element_size() for t in (*probe.parameters(), *probe.buffers()))
+    except Exception:
+        return
+    have = available_memory()
+    if have is not None and need > have:
+        raise config.error(f"[{section}] {kind} {name!r} would need {need / 2**30:.1f} GiB for its parameters "
+                           f"alone, more than the {have / 2**30:.1f} GiB of memory available; check its sizes "
+                           "(widths, depths, channel counts)", section)
 
 
 def _load_component_weights(config: ExperimentConfig, module: Any, weights: str, section: str) -> None:
@@ -63,26 +109,25 @@ def _load_component_weights(config: ExperimentConfig, module: Any, weights: str,
     ``latentkit.autoencoders.io.save_pretrained``, a training checkpoint (``step_N``), a
     ``checkpoints/`` folder or a run directory (its newest intact checkpoint, EMA weights
     preferred). Keys of a whole training model (``autoencoder.*``, ``denoiser.*``, ...) are
-    matched by their prefix. Relative paths are taken from the config file's directory.
+    matched by their prefix. A relative path is taken from the working directory, like every
+    path of a config (``output_dir``, ``cache_dir``) and of the command line.
     """
-    import safetensors.torch
-
+    from latentkit.checkpoint_files import read_checkpoint
     from latentkit.training.checkpoint import MANIFEST, RUN_CHECKPOINTS, load_weights
 
-    path = Path(weights)
-    if not path.is_absolute() and config.path and Path(config.path).parent.joinpath(path).exists():
-        path = Path(config.path).parent / path
+    path = Path(weights)  # relative to the working directory, as every path of a config
     try:
         if path.is_file():
-            state = safetensors.torch.load_file(str(path))
+            state = dict(read_checkpoint(path).state)  # safetensors checked, a pickle refused
         elif (path / MANIFEST).exists() or any(path.glob("step_*")) or (path / RUN_CHECKPOINTS).is_dir():
             state = load_weights(path)
         elif (path / "model.safetensors").is_file():
-            state = safetensors.torch.load_file(str(path / "model.safetensors"))
+            state = dict(read_checkpoint(path / "model.safetensors").state)
         else:
             raise FileNotFoundError(f"no weights found at {str(path)!r}")
-    except (OSError, CheckpointError, ValueError) as exc:
-        raise config.error(f"[{section}] weights_from: {exc}", section, "weights_from") from exc
+    except Exception as exc:  # a missing, corrupt or foreign file: one line, at the key
+        what = str(exc) if isinstance(exc, (OSError, CheckpointError, ValueError)) else f"{type(exc).__name__}: {exc}"
+        raise config.error(f"[{section}] weights_from: {what}", section, "weights_from") from exc
     wanted = set(module.state_dict())
     for prefix in ("", f"{section}.", "autoencoder.", "denoiser.", "conditioner.", "model."):
         sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

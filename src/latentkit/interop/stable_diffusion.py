@@ -29,7 +29,7 @@ What the parts are:
   offset 1 as the original DDIM/PLMS samplers; parameterization ``eps`` or ``v``.
 
 Reading is memory-mapped and weights are *assigned* into modules built on the meta device,
-so loading does not hold the checkpoint twice (see :mod:`latentkit.interop.checkpoint_io`).
+so loading does not hold the checkpoint twice (see :mod:`latentkit.checkpoint_files`).
 """
 
 from __future__ import annotations
@@ -44,14 +44,14 @@ import attrs
 import torch
 from torch import nn
 
-from latentkit.conditioners.openclip_text import OpenCLIPTextConditioner
-from latentkit.interop import sd_keys
-from latentkit.interop.checkpoint_io import (
+from latentkit.checkpoint_files import (
     CheckpointError,
     RawCheckpoint,
     read_checkpoint,
     write_checkpoint,
 )
+from latentkit.conditioners.openclip_text import OpenCLIPTextConditioner
+from latentkit.interop import sd_keys
 from latentkit.interop.sd_keys import CLIP_PREFIX, OPENCLIP_PREFIX, UNET_PREFIX, VAE_PREFIX
 
 if TYPE_CHECKING:

@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from latentkit.checkpoint_files import write_checkpoint
 from latentkit.interop import sd_keys
-from latentkit.interop.checkpoint_io import write_checkpoint
 from latentkit.interop.sd_keys import CLIP_PREFIX, OPENCLIP_PREFIX, UNET_PREFIX
 from latentkit.interop.stable_diffusion import (
     StableDiffusionConfig,

@@ -15,10 +15,38 @@ from latentkit.errors import ConfigError
 from latentkit.training.config import TrainingConfig
 from latentkit.training.distributed import DistributedInfo, init_distributed
 
-__all__ = ["batch_size_of", "resolve_device", "setup_process", "to_channels_last", "to_device"]
+__all__ = ["available_device", "batch_size_of", "resolve_device", "setup_process", "to_channels_last", "to_device"]
 
 #: The channels-last memory format of each tensor rank that has one (images, video / volumes).
 CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
+def available_device(name: str, label: str = "[training] device") -> torch.device:
+    """``name`` as a device that exists here (``"auto"``: CUDA when available, else the
+    CPU); a :class:`~latentkit.errors.ConfigError` naming what was asked and what there is
+    for an unknown name, a CUDA device without CUDA, or a GPU index past the last one
+    (``label`` is how the message names the setting)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"{label}: unknown device {name!r}; expected 'auto', 'cpu', 'cuda' or "
+                          "'cuda:N'", section="training", key="device") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"{label} {name!r} is not available here: torch sees no CUDA device; use "
+                              "'cpu' or 'auto'", section="training", key="device")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"{label} {name!r} is not available here: there are {count} CUDA "
+                              f"device(s), cuda:0 to cuda:{count - 1}", section="training", key="device")
+    elif device.type not in ("cpu", "meta"):
+        backend = getattr(torch.backends, device.type, None)
+        if backend is not None and hasattr(backend, "is_available") and not backend.is_available():
+            raise ConfigError(f"{label} {name!r} is not available here; use 'cpu' or 'auto'",
+                              section="training", key="device")
+    return device
 
 
 def resolve_device(name: str, info: DistributedInfo) -> torch.device:
@@ -38,8 +66,7 @@ def setup_process(config: TrainingConfig) -> tuple[DistributedInfo, torch.device
     """Join the process group when launched by ``torchrun``, pick this process's device and
     set what the config asks of torch there (deterministic algorithms, TF32 on CUDA); fp16 is
     refused off CUDA."""
-    device_hint = "cuda" if config.device == "auto" and torch.cuda.is_available() else config.device
-    info = init_distributed(torch.device(device_hint).type if device_hint != "auto" else "cpu")
+    info = init_distributed(available_device(config.device).type)
     device = resolve_device(config.device, info)
     if device.type == "cuda":
         torch.cuda.set_device(device)

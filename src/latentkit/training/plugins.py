@@ -168,8 +168,9 @@ def write_sample_grid(trainer: TrainerView, path: str | Path) -> Path | None:
         with isolated_rng(trainer.device), ema_ctx, torch.no_grad():
             model.eval()
             drawn = draw_samples(trainer)
-    except (LatentkitError, ValueError, KeyError) as exc:
-        warn_once(f"sample grid skipped: {exc}")
+    except Exception as exc:  # a model or config that cannot draw: a warning, never the run
+        warn_once(f"sample grid skipped: {exc}" if isinstance(exc, (LatentkitError, ValueError, KeyError))
+                  else f"sample grid skipped: {type(exc).__name__}: {exc}")
         return None
     finally:
         model.train(was_training)

@@ -7,8 +7,9 @@
   ``torch.load(weights_only=True)`` (memory-mapped too where the file is in torch's zip
   format): the unpickler only rebuilds tensors and plain containers, so a pickle that names
   any other callable is refused before anything runs.
-* Weights nested under ``state_dict`` (PyTorch Lightning, the original LDM training code)
-  are unwrapped; top-level scalars such as ``global_step`` are kept apart as metadata.
+* Weights nested under ``state_dict`` (PyTorch Lightning, the original LDM training code),
+  ``model`` or ``module`` are unwrapped; top-level scalars such as ``global_step`` are kept
+  apart as metadata.
 
 Every failure is a :class:`CheckpointError` that names the file and says what was wrong.
 """
@@ -65,13 +66,14 @@ def _check_safetensors_header(path: Path) -> None:
             )
         try:
             header = json.loads(fh.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{path}: corrupt safetensors header ({exc})") from None
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise CheckpointError(f"{path}: corrupt safetensors header ({type(exc).__name__})") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
-    end = max(
-        (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0
-    )
+    try:
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise CheckpointError(f"{path}: corrupt safetensors header (a tensor entry lacks its data offsets)") from None
     if 8 + n + end > size:
         raise CheckpointError(
             f"{path}: truncated safetensors file: tensor data needs {8 + n + end} bytes, the "
@@ -114,12 +116,14 @@ def _torch_load(path: Path) -> Any:
 def _read_torch(path: Path) -> RawCheckpoint:
     obj = _torch_load(path)
     metadata: dict[str, Any] = {}
-    # Lightning / LDM nest the weights under "state_dict", sometimes more than once
-    while isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        metadata.update(
-            {k: v for k, v in obj.items() if k != "state_dict" and not isinstance(v, Mapping)}
-        )
-        obj = obj["state_dict"]
+    # Lightning / LDM nest the weights under "state_dict" (sometimes more than once), other
+    # trainers under "model" or "module"
+    while isinstance(obj, Mapping):
+        nest = next((k for k in ("state_dict", "model", "module") if isinstance(obj.get(k), Mapping)), None)
+        if nest is None:
+            break
+        metadata.update({k: v for k, v in obj.items() if k != nest and not isinstance(v, Mapping)})
+        obj = obj[nest]
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict")
     state: dict[str, torch.Tensor] = {}

@@ -6,10 +6,11 @@ from typing import Any
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 
 from conftest import TinyDenoiser
 from latentkit import hookimpl
+from latentkit.errors import UnknownComponentError
 from latentkit.plugins import PluginManager
 from latentkit.specs import Conditioning
 from latentkit.testing.combinations import (
@@ -95,3 +96,90 @@ def test_run_combinations_reports_results() -> None:
     assert 1 <= len(results) <= 3
     assert all(isinstance(r, CheckResult) and r.kind == "combination" for r in results)
     assert all(r.passed for r in results), [r.message for r in results if not r.passed]
+
+
+def _draws(strategy: Any, n: int) -> list[Composition]:
+    drawn: list[Composition] = []
+
+    @settings(max_examples=n, deadline=None, database=None, phases=[Phase.generate],
+              suppress_health_check=list(HealthCheck))
+    @given(strategy)
+    def collect(composition: Composition) -> None:
+        drawn.append(composition)
+
+    collect()
+    return drawn
+
+
+def _parts(c: Composition) -> set[tuple[str, str]]:
+    parts = {("autoencoder", c.autoencoder), ("denoiser", c.denoiser), ("schedule", c.schedule),
+             ("sampler", c.sampler)}
+    return parts | ({("conditioner", c.conditioner)} if c.conditioner else set())
+
+
+def test_include_one_built_in_denoiser_draws_distinct_combinations_that_contain_it() -> None:
+    drawn = _draws(compositions(include=["unet"]), 60)
+    assert len(drawn) == 60
+    assert all(c.denoiser == "unet" for c in drawn), {c.denoiser for c in drawn}
+    assert len({repr(c) for c in drawn}) == len(drawn), "a combination was drawn twice"
+    assert {c.mismatch is None for c in drawn} == {True, False}  # fitting and broken ones
+    assert len({c.autoencoder for c in drawn}) > 1 and len({c.sampler for c in drawn}) > 1
+
+
+def test_include_several_draws_combinations_with_at_least_one_of_them(manager: PluginManager) -> None:
+    include = ["sampler:heun", "tiny_conv", ("conditioner", "class_label")]
+    wanted = {("sampler", "heun"), ("denoiser", "tiny_conv"), ("conditioner", "class_label")}
+    drawn = _draws(compositions(manager=manager, include=include, compatible=True), 80)
+    assert all(_parts(c) & wanted for c in drawn)
+    assert len({repr(c) for c in drawn}) == len(drawn), "a combination was drawn twice"
+    for part in wanted:  # each named part is tried with other parts
+        assert any(part in _parts(c) and len(_parts(c) & wanted) == 1 for c in drawn), part
+    assert all(c.mismatch is None for c in drawn)
+
+
+def test_include_refuses_what_no_combination_can_contain(manager: PluginManager) -> None:
+    with pytest.raises(UnknownComponentError, match="no_such_part"):
+        compositions(manager=manager, include=["no_such_part"])
+    with pytest.raises(UnknownComponentError):
+        compositions(manager=manager, include=["sampler:no_such_sampler"])
+    with pytest.raises(ValueError, match="not part of a combination"):
+        compositions(manager=manager, include=[("dataset", "digits")])
+    with pytest.raises(ValueError, match="at least one"):
+        compositions(manager=manager, include=[])
+
+
+def test_run_combinations_with_include_checks_distinct_combinations_with_it() -> None:
+    results = run_combinations(max_examples=3, include=["denoiser:unet"])
+    assert 1 <= len(results) <= 3
+    assert all(" + unet + " in r.component for r in results), [r.component for r in results]
+    assert len({r.component for r in results}) == len(results)
+    assert all(r.passed for r in results), [r.message for r in results if not r.passed]
+
+
+def test_cli_combinations_takes_names_as_check_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    import latentkit.testing.combinations as combinations
+    from latentkit.cli import main
+
+    calls: list[Any] = []
+
+    def fake(max_examples: int = 20, include: Any = None) -> list[CheckResult]:
+        calls.append((max_examples, include))
+        return [CheckResult("combination", "identity + unet + no conditioner | edm, eps, euler",
+                            "check_composition", True)]
+
+    monkeypatch.setattr(combinations, "run_combinations", fake)
+    out = io.StringIO()
+    assert main(["check", "--combinations", "unet", "sampler:heun", "--max-examples", "4"], out=out) == 0
+    assert calls[-1] == (4, [("denoiser", "unet"), ("sampler", "heun")])
+    assert "1 passed, 0 skipped, 0 failed" in out.getvalue()  # no per-component checks
+    assert main(["check", "--combinations"], out=io.StringIO()) == 0
+    assert calls[-1] == (20, None)
+
+
+def test_cli_combinations_reports_an_unknown_name_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from latentkit.cli import main
+
+    assert main(["check", "--combinations", "no_such_part"]) == 2
+    assert "no component named 'no_such_part'" in capsys.readouterr().err

@@ -25,7 +25,13 @@ from latentkit.cli import main
 from latentkit.errors import CheckpointError, ConfigError
 from latentkit.experiment import build_model, build_trainer, loads_config
 from latentkit.plugins import PluginManager
-from latentkit.training import NonFiniteLossError, Trainer, TrainingConfig, latest_checkpoint, load_weights
+from latentkit.training import (
+    NonFiniteLossError,
+    Trainer,
+    TrainingConfig,
+    latest_checkpoint,
+    load_weights,
+)
 from latentkit.training.checkpoint import checkpoint_dirs, is_intact, save_checkpoint
 from test_config import VALID
 from test_trainer import TinyData, TinyModel

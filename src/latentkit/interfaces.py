@@ -577,6 +577,11 @@ class Sampler(abc.ABC):
     kind: ClassVar[str] = "sampler"
     #: Whether the sampler injects noise (its output depends on ``generator``).
     stochastic: ClassVar[bool] = False
+    #: The convergence order of the deterministic ODE solver: the global error falls as
+    #: ``steps^-order`` (1 for Euler, 2 for Heun), or ``None`` when not declared. For a sampler
+    #: with optional noise (``eta``, ``s_churn``) it is the order with the noise switched off.
+    #: The conformance kit's ``check_sampler_order`` measures it on closed-form Gaussian data.
+    order: int | None = None
 
     @abc.abstractmethod
     def model_calls(self, steps: int) -> int:

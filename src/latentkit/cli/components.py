@@ -55,11 +55,13 @@ def cmd_plugins(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _select(names: Sequence[str], kind: str | None) -> list[Any]:
+def _select(names: Sequence[str], kind: str | None, kinds: Sequence[str] = CHECKED_KINDS) -> list[Any]:
+    """The ComponentInfo objects for ``names`` (``NAME`` or ``KIND:NAME``; a bare name matches
+    it in every kind), or every component of ``kinds`` (``kind`` alone when given)."""
     from latentkit.plugins import _suggest, get_plugin_manager
 
     manager = get_plugin_manager()
-    kinds = [kind] if kind else list(CHECKED_KINDS)
+    kinds = [kind] if kind else list(kinds)
     infos = [i for k in kinds for i in manager.list(k)]
     if not names:
         return list(infos)
@@ -76,26 +78,39 @@ def _select(names: Sequence[str], kind: str | None) -> list[Any]:
     return chosen
 
 
+_RESULT = {"passed": "PASS", "skipped": "SKIP", "failed": "FAIL"}
+
+
 def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
-    """Run the conformance kit (and optionally the combination checks); non-zero on failure."""
+    """Run the conformance kit (and optionally the combination checks); non-zero on failure.
+
+    Checks that do not apply are listed as SKIP with the reason; they are not passes, and
+    they do not fail the command either."""
     from latentkit import testing
 
+    combinations = args.combinations is not None  # [] for a bare --combinations: all of them
     results = []
-    if args.names or not args.combinations or args.all:
+    if args.names or not combinations or args.all:
         results += testing.run_checks(_select(args.names, args.kind))
-    if args.combinations:
-        from latentkit.testing.combinations import run_combinations
+    if combinations:
+        from latentkit.testing.combinations import COMBINED_KINDS, run_combinations
 
-        results += run_combinations(max_examples=args.max_examples)
-    rows = [
-        (r.kind, r.component, r.layout or "-", r.check, "PASS" if r.passed else "FAIL")
-        for r in results
-    ]
+        include = None
+        if args.combinations:
+            include = [(i.kind, i.name) for i in _select(args.combinations, None, COMBINED_KINDS)]
+        results += run_combinations(max_examples=args.max_examples, include=include)
+    rows = [(r.kind, r.component, r.layout or "-", r.check, _RESULT[r.outcome]) for r in results]
     _table(rows, ("kind", "component", "layout", "check", "result"), out, max_width=70)
-    failed = [r for r in results if not r.passed]
+    skipped = [r for r in results if r.skipped]
+    failed = [r for r in results if r.failed]
+    if skipped:
+        print("", file=out)
+    for r in skipped:
+        print(f"SKIP {r.kind}:{r.component} [{r.layout or '-'}] {r.check}: {r.message}", file=out)
     for r in failed:
         print(f"\nFAIL {r.kind}:{r.component} [{r.layout or '-'}] {r.check}\n  {r.message}", file=out)
-    print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed", file=out)
+    passed = len(results) - len(skipped) - len(failed)
+    print(f"\n{passed} passed, {len(skipped)} skipped, {len(failed)} failed", file=out)
     return 1 if failed else 0
 
 
@@ -110,8 +125,9 @@ def add_component_commands(sub: Any) -> None:
     p = sub.add_parser("check", help="run the conformance kit on installed components")
     p.add_argument("names", nargs="*", metavar="NAME", help="components to check (NAME or KIND:NAME); default all")
     p.add_argument("--kind", choices=CHECKED_KINDS, help="only components of this kind")
-    p.add_argument("--combinations", action="store_true",
-                   help="also check random combinations of installed components (property test)")
+    p.add_argument("--combinations", nargs="*", metavar="NAME", default=None,
+                   help="check random combinations of installed components (property test); with "
+                        "names (NAME or KIND:NAME), only combinations containing at least one of them")
     p.add_argument("--all", action="store_true", help="with --combinations: run the per-component checks too")
     p.add_argument("--max-examples", type=int, default=20, help="combinations to draw (default 20)")
     p.set_defaults(func=cmd_check)

@@ -83,6 +83,7 @@ class DDIMSampler(SigmaSampler):
     """DDIM (Song et al. 2021, Eq. 12 with sigma_t(eta) of Eq. 16), in sigma space."""
 
     algorithm = "DDIM (Song et al. 2021, Eq. 12/16)"
+    order = 1  # at eta = 0, where it is Euler's method
 
     def __init__(self, eta: float = 0.0) -> None:
         if float(eta) < 0:
@@ -119,6 +120,7 @@ class PLMSSampler(SigmaSampler):
     """Pseudo linear multistep (PLMS, Liu et al. 2022 "Pseudo Numerical Methods", Eq. 12), as in the LDM repository."""
 
     algorithm = "PLMS / PNDM pseudo linear multistep (Liu et al. 2022)"
+    order = 2  # measured: fixed Adams-Bashforth weights on a non-uniform grid
 
     def model_calls(self, steps: int) -> int:
         """One call per step plus one for the first (pseudo improved Euler) step."""

@@ -37,6 +37,7 @@ class DPMpp2SAncestralSampler(SigmaSampler):
     """DPM-Solver++(2S) singlestep, ancestral (Lu et al. 2022, Alg. 1; k-diffusion ``sample_dpmpp_2s_ancestral``)."""
 
     algorithm = "DPM-Solver++(2S) ancestral (Lu et al. 2022)"
+    order = 2  # at eta = 0
     stochastic = True
 
     def __init__(self, eta: float = 1.0, s_noise: float = 1.0) -> None:
@@ -75,6 +76,7 @@ class DPMpp2MSampler(SigmaSampler):
     """DPM-Solver++(2M) multistep (Lu et al. 2022, Alg. 2; k-diffusion ``sample_dpmpp_2m``)."""
 
     algorithm = "DPM-Solver++(2M) (Lu et al. 2022, Alg. 2)"
+    order = 2
 
     def model_calls(self, steps: int) -> int:
         """One call per step."""
@@ -105,6 +107,7 @@ class DPMppSDESampler(SigmaSampler):
     """DPM-Solver++ stochastic singlestep (SDE-DPM-Solver++, Lu et al. 2022 Sec. 5; k-diffusion ``sample_dpmpp_sde``)."""
 
     algorithm = "DPM-Solver++ SDE, singlestep with Brownian-tree noise (Lu et al. 2022; k-diffusion)"
+    order = 2  # at eta = 0
     stochastic = True
 
     def __init__(self, eta: float = 1.0, s_noise: float = 1.0, r: float = 0.5) -> None:
@@ -155,6 +158,7 @@ class DPMpp2MSDESampler(SigmaSampler):
     """DPM-Solver++(2M) SDE multistep (Lu et al. 2022, Sec. 5 / App. B; k-diffusion ``sample_dpmpp_2m_sde``)."""
 
     algorithm = "DPM-Solver++(2M) SDE with Brownian-tree noise (Lu et al. 2022; k-diffusion)"
+    order = 2  # at eta = 0, either solver_type
     stochastic = True
 
     def __init__(self, eta: float = 1.0, s_noise: float = 1.0, solver_type: str = "midpoint") -> None:
@@ -205,6 +209,9 @@ class DPMpp3MSDESampler(SigmaSampler):
     """DPM-Solver++(3M) SDE multistep (Lu et al. 2022, 3rd-order multistep; k-diffusion ``sample_dpmpp_3m_sde``)."""
 
     algorithm = "DPM-Solver++(3M) SDE with Brownian-tree noise (Lu et al. 2022; k-diffusion)"
+    # At eta = 0. Third order per step once the history is full, but the first-order first
+    # step caps the global order at 2 (measured 1.87-1.94 from 64 to 256 steps, 2.0 beyond).
+    order = 2
     stochastic = True
 
     def __init__(self, eta: float = 1.0, s_noise: float = 1.0) -> None:

@@ -62,6 +62,7 @@ class EulerSampler(_ChurnMixin):
     """Euler's method on the PF ODE (Karras et al. 2022, Alg. 2 without the 2nd-order correction)."""
 
     algorithm = "Euler method on the probability-flow ODE (Karras et al. 2022, Alg. 2)"
+    order = 1
 
     def model_calls(self, steps: int) -> int:
         """One call per step."""
@@ -83,6 +84,7 @@ class HeunSampler(_ChurnMixin):
     """Heun's 2nd-order method on the PF ODE (Karras et al. 2022, Alg. 1/2); Euler for the last step to 0."""
 
     algorithm = "Heun's 2nd-order method (Karras et al. 2022, Alg. 2)"
+    order = 2
 
     def model_calls(self, steps: int) -> int:
         """Two calls per step, one for the final Euler step to sigma = 0."""
@@ -111,6 +113,7 @@ class DPM2Sampler(_ChurnMixin):
     """DPM-Solver-2 midpoint step in log sigma (Lu et al. 2022, Alg. 1; Karras et al. 2022, App. D.2 form)."""
 
     algorithm = "DPM-Solver-2 (Lu et al. 2022), midpoint in log sigma, as in k-diffusion"
+    order = 2
 
     def model_calls(self, steps: int) -> int:
         """Two calls per step, one for the final Euler step to sigma = 0."""
@@ -153,6 +156,7 @@ class EulerAncestralSampler(_AncestralMixin):
     """Ancestral Euler: Euler to sigma_down, then fresh noise of std sigma_up (k-diffusion; Ho et al. 2020 posterior)."""
 
     algorithm = "Euler ancestral (k-diffusion; DDPM posterior noise, Ho et al. 2020)"
+    order = 1  # at eta = 0
 
     def model_calls(self, steps: int) -> int:
         """One call per step."""
@@ -175,6 +179,7 @@ class DPM2AncestralSampler(_AncestralMixin):
     """Ancestral DPM-Solver-2 (Lu et al. 2022 step to sigma_down, then sigma_up noise; k-diffusion)."""
 
     algorithm = "DPM-Solver-2 ancestral (Lu et al. 2022; k-diffusion)"
+    order = 2  # at eta = 0
 
     def model_calls(self, steps: int) -> int:
         """Two calls per step, one for the final Euler step to sigma = 0."""
@@ -229,11 +234,15 @@ class LMSSampler(SigmaSampler):
     def __init__(self, order: int = 4) -> None:
         if int(order) < 1:
             raise ValueError(f"LMSSampler: order must be >= 1, got {order}")
-        self.order = int(order)
+        self.multistep_order = int(order)  # Adams-Bashforth order once the history is full
+        # Convergence order (Sampler.order): the first step is Euler's (local error O(h^2)),
+        # which caps the global order at 2; orders 3-4 measure ~2.9-3.8 up to 256 steps and
+        # fall to 2 asymptotically (2.04 from 2048 to 4096 steps for order 4).
+        self.order = min(self.multistep_order, 2)
 
     def options(self) -> dict[str, Any]:
         """Constructor options."""
-        return {"order": self.order}
+        return {"order": self.multistep_order}
 
     def model_calls(self, steps: int) -> int:
         """One call per step."""
@@ -247,9 +256,9 @@ class LMSSampler(SigmaSampler):
             denoised = model(x, sigmas[i])
             self.report(callback, i, x, sigmas[i], sigmas[i + 1], denoised)
             ds.append(to_d(x, sigmas[i], denoised))
-            if len(ds) > self.order:
+            if len(ds) > self.multistep_order:
                 ds.pop(0)
-            cur_order = min(i + 1, self.order)
+            cur_order = min(i + 1, self.multistep_order)
             coeffs = [linear_multistep_coeff(cur_order, sigmas, i, j) for j in range(cur_order)]
             x = x + sum(c * d for c, d in zip(coeffs, reversed(ds)))  # type: ignore[misc]
         return x

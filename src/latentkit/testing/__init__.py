@@ -9,9 +9,10 @@ One decorator checks a component against every contract of its kind::
         check(component)
 
 See ``docs/testing.md``. Hypothesis strategies live in :mod:`latentkit.testing.strategies`;
-closed-form Gaussian data for sampler tests in :class:`GaussianData`; tiny Stable Diffusion
-configs and random single-file checkpoints in :mod:`latentkit.testing.stable_diffusion`
-(imported on its own).
+closed-form Gaussian data for sampler tests in :class:`GaussianData`. A check that does not
+apply to a component raises :class:`NotApplicable` (reported as skipped, never as passed).
+Tiny Stable Diffusion configs and random single-file checkpoints live in
+:mod:`latentkit.testing.stable_diffusion` (imported on its own).
 """
 
 from __future__ import annotations
@@ -34,13 +35,14 @@ from latentkit.testing.checks import (
     run_checks,
 )
 from latentkit.testing.gaussian import GaussianData
-from latentkit.testing.results import CheckResult, ConformanceError
+from latentkit.testing.results import CheckResult, ConformanceError, NotApplicable
 
 __all__ = [
     "CHECKED_KINDS",
     "CheckResult",
     "ConformanceError",
     "GaussianData",
+    "NotApplicable",
     "check_autoencoder",
     "check_composition",
     "check_conditioner",

@@ -3,7 +3,9 @@
 What scikit-learn's ``check_estimator`` is for estimators, this is for latentkit components:
 every contract of :mod:`latentkit.interfaces` is one named function (for instance
 :func:`check_denoiser_batch_independence`) that takes a component and either returns
-(optionally a short note, e.g. why it did not apply) or raises
+(optionally a short note about how it ran, e.g. "checked in eval mode only"), raises
+:class:`~latentkit.testing.results.NotApplicable` with the reason when the contract does not
+apply to the component (not applicable is not a pass: it is reported as skipped), or raises
 :class:`~latentkit.testing.results.ConformanceError` whose message names the check, the
 contract and what was found.
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import itertools
 import math
 import random
 import weakref
@@ -42,7 +45,7 @@ from latentkit.plugins import ComponentInfo, get_plugin_manager, list_components
 from latentkit.random import generators_from_seed
 from latentkit.specs import LAYOUTS, Conditioning, ConditioningSpec, DataSpec, LatentSpec
 from latentkit.testing.gaussian import GaussianData
-from latentkit.testing.results import CheckResult, ConformanceError
+from latentkit.testing.results import CheckResult, ConformanceError, NotApplicable
 
 __all__ = [
     "CHECKED_KINDS",
@@ -85,9 +88,11 @@ __all__ = [
     "check_sampler_declarations",
     "check_sampler_denoise_arguments",
     "check_sampler_determinism",
+    "check_sampler_final_step",
     "check_sampler_gaussian_moments",
     "check_sampler_model_calls",
     "check_sampler_ode_solution",
+    "check_sampler_order",
     "check_sampler_output_shapes",
     "check_sampler_per_item_generators",
     "check_schedule",
@@ -116,7 +121,8 @@ _ABCS: tuple[tuple[str, type], ...] = (
     ("schedule", Schedule),
 )
 
-#: ``check(component) -> note or None``; raises ConformanceError on a broken contract.
+#: ``check(component) -> note or None``; raises ConformanceError on a broken contract and
+#: NotApplicable (with the reason) when the contract does not apply to the component.
 Check = Callable[[Any], "str | None"]
 
 _CHECKS: dict[str, list[tuple[str, Check]]] = {kind: [] for kind in CHECKED_KINDS}
@@ -142,7 +148,7 @@ def component_kind(component: Any) -> str:
 
 def _register(kind: str, contract: str) -> Callable[[Callable[[Any], str | None]], Check]:
     """Register a check for ``kind``; failures are re-raised as ConformanceError naming the
-    check and ``contract``."""
+    check and ``contract``, NotApplicable passes through as it is."""
 
     def decorate(fn: Callable[[Any], str | None]) -> Check:
         name = fn.__name__
@@ -155,6 +161,8 @@ def _register(kind: str, contract: str) -> Callable[[Callable[[Any], str | None]
         def check(component: Any) -> str | None:
             try:
                 return fn(component)
+            except NotApplicable:
+                raise
             except ConformanceError as exc:
                 raise failure(component, str(exc)) from None
             except Exception as exc:  # anything else is also a broken contract
@@ -577,7 +585,7 @@ def check_denoiser_state_dict_round_trip(den: Denoiser) -> str | None:
 def check_denoiser_gradients(den: Denoiser) -> str | None:
     """Backward from a randomly weighted sum of the output reaches every parameter."""
     if not _trainable(den):
-        return "no trainable parameters"
+        raise NotApplicable("no trainable parameters")
     model = copy.deepcopy(den)
     _perturb(model, seed=3)
     model.zero_grad(set_to_none=True)
@@ -894,7 +902,7 @@ def check_autoencoder_state_dict_round_trip(ae: Autoencoder) -> str | None:
 def check_autoencoder_gradients(ae: Autoencoder) -> str | None:
     """Backward through the training forward (or encode, sample and decode)."""
     if not _trainable(ae):
-        return "no trainable parameters"
+        raise NotApplicable("no trainable parameters")
     model = copy.deepcopy(ae)
     _perturb(model, seed=7)
     model.zero_grad(set_to_none=True)
@@ -958,9 +966,9 @@ def check_autoencoder_indivisible_size(ae: Autoencoder) -> str | None:
     spatial = _invalid_data_size(spec, valid)
     if spatial is None:
         if all(f == 1 for f in spec.downsampling):
-            return "no downsampling: every size is valid"
-        return (f"{type(spec).__name__}.latent_size accepts every size tried ({valid} plus less "
-                "than one factor on one axis): no invalid size to refuse")
+            raise NotApplicable("no downsampling: every size is valid")
+        raise NotApplicable(f"{type(spec).__name__}.latent_size accepts every size tried ({valid} "
+                            "plus less than one factor on one axis): no invalid size to refuse")
     x = _randn((2, ae.data_spec.channels, *spatial), 191, _device_of(ae))
     with _mode(ae, False), torch.no_grad():
         _expect_shape_error(lambda: ae.encode(x), x.shape,
@@ -1101,7 +1109,7 @@ def check_conditioner_dropout(cond: Conditioner) -> str | None:
 def check_conditioner_missing_key(cond: Conditioner) -> str | None:
     """Each input key removed in turn."""
     if not cond.input_keys:
-        return "no input keys"
+        raise NotApplicable("no input keys")
     size = _cond_latent_sizes(cond, 240, 1)[0]
     batch = _example(cond, 2, size, seed=241)
     with _mode(cond, False), torch.no_grad():
@@ -1175,9 +1183,9 @@ def check_conditioner_state_dict_round_trip(cond: Conditioner) -> str | None:
 def check_conditioner_gradients(cond: Conditioner) -> str | None:
     """Backward through forward and null."""
     if not cond.trainable:
-        return "not trainable"
+        raise NotApplicable("not trainable")
     if not _trainable(cond):
-        return "no trainable parameters"
+        raise NotApplicable("no trainable parameters")
     model = copy.deepcopy(cond)
     _perturb(model, seed=9)
     model.zero_grad(set_to_none=True)
@@ -1208,7 +1216,7 @@ def check_conditioner_wrong_input_shape(cond: Conditioner) -> str | None:
     batch = _example(cond, 2, size, seed=291)
     keys = [k for k in cond.input_keys if isinstance(batch.get(k), torch.Tensor)]
     if not keys:
-        return "no tensor inputs"
+        raise NotApplicable("no tensor inputs")
     with _mode(cond, False), torch.no_grad():
         for key in keys:
             wrong = dict(batch)
@@ -1256,11 +1264,15 @@ def _gauss_x(data: GaussianData, shape: Sequence[int], sigma_max: float, seed: i
     return data.sample(shape, sigma=sigma_max, generator=_gen(seed)).to(dtype)
 
 
-@_register("sampler", "model_calls(steps) is a positive int and stochastic is a bool")
+@_register("sampler", "model_calls(steps) is a positive int, stochastic is a bool and order is "
+           "None or a positive int")
 def check_sampler_declarations(sampler: Sampler) -> str | None:
-    """Declared call counts and the stochastic flag."""
+    """Declared call counts, the stochastic flag and the order of accuracy."""
     if not isinstance(sampler.stochastic, bool):
         raise _fail(f"stochastic must be a bool, got {sampler.stochastic!r}")
+    order = getattr(sampler, "order", None)
+    if order is not None and (isinstance(order, bool) or not isinstance(order, int) or order < 1):
+        raise _fail(f"order must be None (undeclared) or a positive int, got {order!r}")
     for steps in (1, 2, 10):
         n = sampler.model_calls(steps)
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -1289,7 +1301,8 @@ def check_sampler_output_shapes(sampler: Sampler) -> str | None:
 def check_sampler_ode_solution(sampler: Sampler) -> str | None:
     """Against GaussianData.ode_solution (Karras et al. 2022, Eq. 3)."""
     if sampler.stochastic:
-        return "stochastic sampler: checked by moments instead"
+        raise NotApplicable("stochastic sampler: no ODE solution to land on (check_sampler_gaussian_moments "
+                            "checks its samples)")
     data = GaussianData(*_GAUSS.values())
     sigmas = karras_sigmas(100)
     x = _gauss_x(data, (64, 2, 4, 4), float(sigmas[0]), seed=301)
@@ -1301,6 +1314,124 @@ def check_sampler_ode_solution(sampler: Sampler) -> str | None:
     if not (rms < 0.05 and worst < 0.25):
         raise _fail(f"error against the exact ODE solution, in data std units: rms {rms:.3g} "
                     f"(tolerance 0.05), max {worst:.3g} (tolerance 0.25)")
+    return None
+
+
+# Order of accuracy: Karras steps at which the built-in deterministic samplers are in their
+# asymptotic regime (from 64 steps on, observed orders at most 0.13 below the declared ones,
+# see docs/testing.md), and how far below the declared order the observed one may fall.
+_ORDER_STEPS = (64, 128, 256)
+_ORDER_TOLERANCE = 0.25
+
+
+def _declared_order(sampler: Sampler) -> int | None:
+    order = getattr(sampler, "order", None)
+    if order is None:
+        return None
+    if isinstance(order, bool) or not isinstance(order, int) or order < 1:
+        raise _fail(f"order must be None (undeclared) or a positive int, got {order!r}")
+    return order
+
+
+@_register("sampler", "a deterministic sampler that declares its order converges at that order: "
+           "on Gaussian data in float64, each doubling of the Karras steps (64, 128, 256) divides "
+           "the error against the exact ODE solution at sigma_min by at least 2^(order - 0.25)")
+def check_sampler_order(sampler: Sampler) -> str | None:
+    """Observed order of accuracy, ``log2(err(n) / err(2n))``, against ``Sampler.order``.
+
+    The error is measured on the callback's ``x`` at the last step (at sigma_min, the last
+    level before 0) against :meth:`GaussianData.ode_solution`: the final step to 0 is a
+    single step of fixed size in most samplers (``x = D(x, sigma_min)``, whose error does not
+    shrink with the step count) and is checked by :func:`check_sampler_final_step`.
+
+    Only falling short of the declared order fails. Converging faster passes with a note:
+    the Gaussian problem's ODE is linear in ``x`` and some methods superconverge on it (the
+    explicit midpoint rule is third order here: its leading error term
+    ``a''/24 + a^3/6 + a a'/4`` vanishes for ``a(sigma) = sigma / (s^2 + sigma^2)``).
+    """
+    if sampler.stochastic:
+        raise NotApplicable("stochastic sampler: the order is that of the deterministic ODE solver "
+                            "(check it with the noise switched off, e.g. eta=0 or s_churn=0)")
+    if getattr(sampler, "requires_consistency_model", False):
+        raise NotApplicable("consistency sampling (requires_consistency_model): not an ODE solver")
+    order = _declared_order(sampler)
+    if order is None:
+        raise NotApplicable("no order declared (Sampler.order is None)")
+    data = GaussianData(*_GAUSS.values())
+    sigma_max = float(karras_sigmas(2)[0])
+    x = _gauss_x(data, (32, 2, 2, 2), sigma_max, seed=361)
+    errors = []
+    for steps in _ORDER_STEPS:
+        sigmas = karras_sigmas(steps)
+        last: list[torch.Tensor] = []
+
+        def record(info: Mapping[str, Any], last: list[torch.Tensor] = last) -> None:
+            last[:] = [torch.as_tensor(info["x"]).detach().clone()]
+
+        sampler.sample(data.denoise, x.clone(), sigmas, callback=record)
+        if not last or last[0].shape != x.shape:
+            raise _fail(f"{steps} steps: the callback gave no x of shape {tuple(x.shape)} to measure the "
+                        f"error at sigma_min on")
+        exact = data.ode_solution(x, sigma_max, float(sigmas[-2]))
+        err = ((last[0].double() - exact) / data._bcast(data.std, exact)).pow(2).mean().sqrt().item()
+        if not math.isfinite(err):
+            raise _fail(f"{steps} steps: the error at sigma_min is {err}")
+        errors.append(err)
+    shown = ", ".join(f"{n}: {e:.3g}" for n, e in zip(_ORDER_STEPS, errors))
+    if max(errors) < 1e-11:
+        return f"exact to float64 precision on Gaussian data (rms errors {shown}): no order to measure"
+    observed = [math.log2(a / b) if b > 0 else math.inf for a, b in itertools.pairwise(errors)]
+    orders = ", ".join(f"{o:.2f}" for o in observed)
+    if any(o < order - _ORDER_TOLERANCE for o in observed):
+        raise _fail(f"declared order {order}, observed {orders} from doubling the steps (rms errors at "
+                    f"sigma_min in data std units, by step count: {shown}); expected at least "
+                    f"{order - _ORDER_TOLERANCE:g}: a lower-order update (e.g. wrong weights in a "
+                    f"higher-order correction) or a wrong declaration")
+    if all(o > order + _ORDER_TOLERANCE for o in observed):
+        return (f"observed order {orders} above the declared {order} (superconvergence on Gaussian "
+                f"data, or a conservative declaration)")
+    return None
+
+
+# The final step: data much narrower than sigma_min, so that what is left of sigma_min's
+# noise stands out against the data's own spread (a tenth and a twentieth of sigma_min).
+_FINAL_STEPS = 10
+_NARROW = {"mean": (0.5, -0.3), "std": (0.002, 0.001)}
+_FINAL_TOLERANCE = 0.5  # residual, in units of sigma_min
+
+
+@_register("sampler", "a sampler takes the final step from sigma_min to 0: on Gaussian data "
+           "much narrower than sigma_min (std sigma_min / 10 and / 20), 10 Karras steps leave a "
+           "residual of less than half of sigma_min (rms against the exact ODE solution for "
+           "deterministic samplers, against the data mean for stochastic ones)")
+def check_sampler_final_step(sampler: Sampler) -> str | None:
+    """Residual noise after the last step, in units of sigma_min.
+
+    A sampler that stops at sigma_min returns ``x0 + sigma_min * eps``-like samples: a
+    residual of about 1 (0.9 against the ODE solution, 1.0 against the mean). Taking the
+    step to 0 removes it: every built-in leaves at most 0.11 (the data's own spread, or its
+    posterior mean, which is narrower still). With data as wide as sigma_min allows
+    elsewhere in the kit (std 0.4 against sigma_min 0.02) the two would differ by 0.1 %
+    of the std, far inside any tolerance of the moment and ODE checks.
+    """
+    data = GaussianData(**_NARROW)
+    sigmas = karras_sigmas(_FINAL_STEPS)
+    sigma_max, sigma_min = float(sigmas[0]), float(sigmas[-2])
+    x = _gauss_x(data, (64, 2, 4, 4), sigma_max, seed=371)
+    consistency = bool(getattr(sampler, "requires_consistency_model", False))
+    model = _consistency_function(data) if consistency else data.denoise
+    out = sampler.sample(model, x.clone(), sigmas, generator=_gen(372))
+    _finite(out, "sample")
+    if sampler.stochastic:
+        reference, against = data._bcast(data.mean, x).expand_as(x), "the data mean"
+    else:
+        reference, against = data.ode_solution(x, sigma_max, 0.0), "the exact ODE solution at sigma 0"
+    residual = (out.double() - reference).transpose(0, 1).reshape(2, -1).pow(2).mean(1).sqrt() / sigma_min
+    if bool((residual >= _FINAL_TOLERANCE).any()):
+        shown = ", ".join(f"channel {c} {float(r):.2f}" for c, r in enumerate(residual))
+        raise _fail(f"rms residual against {against}, in units of sigma_min = {sigma_min:g}: {shown} "
+                    f"(tolerance {_FINAL_TOLERANCE:g}; stopping at sigma_min leaves about 1, the "
+                    f"built-ins' step to 0 at most 0.11): the sampler does not take the final step from sigma_min to 0")
     return None
 
 
@@ -1565,6 +1696,8 @@ def _run_kind(component: Any, kind: str) -> None:
     for name, check in _CHECKS[kind]:
         try:
             check(component)
+        except NotApplicable:
+            continue  # did not apply: not a pass, but not a failure either
         except ConformanceError as exc:
             if declared_xfail(component, name) is None:
                 failures.append(str(exc))
@@ -1574,27 +1707,32 @@ def _run_kind(component: Any, kind: str) -> None:
 
 
 def check_autoencoder(ae: Autoencoder) -> None:
-    """Run every autoencoder check; raise ConformanceError listing each failed one."""
+    """Run every autoencoder check; raise ConformanceError listing each failed one (checks that do
+    not apply, :class:`~latentkit.testing.results.NotApplicable`, are left out)."""
     _run_kind(ae, "autoencoder")
 
 
 def check_denoiser(den: Denoiser) -> None:
-    """Run every denoiser check; raise ConformanceError listing each failed one."""
+    """Run every denoiser check; raise ConformanceError listing each failed one (checks that do
+    not apply, :class:`~latentkit.testing.results.NotApplicable`, are left out)."""
     _run_kind(den, "denoiser")
 
 
 def check_conditioner(cond: Conditioner) -> None:
-    """Run every conditioner check; raise ConformanceError listing each failed one."""
+    """Run every conditioner check; raise ConformanceError listing each failed one (checks that do
+    not apply, :class:`~latentkit.testing.results.NotApplicable`, are left out)."""
     _run_kind(cond, "conditioner")
 
 
 def check_sampler(sampler: Sampler) -> None:
-    """Run every sampler check; raise ConformanceError listing each failed one."""
+    """Run every sampler check; raise ConformanceError listing each failed one (checks that do
+    not apply, :class:`~latentkit.testing.results.NotApplicable`, are left out)."""
     _run_kind(sampler, "sampler")
 
 
 def check_schedule(schedule: Schedule) -> None:
-    """Run every schedule check; raise ConformanceError listing each failed one."""
+    """Run every schedule check; raise ConformanceError listing each failed one (checks that do
+    not apply, :class:`~latentkit.testing.results.NotApplicable`, are left out)."""
     _run_kind(schedule, "schedule")
 
 
@@ -1703,8 +1841,10 @@ def run_checks(infos: Iterable[ComponentInfo] | None = None) -> list[CheckResult
     autoencoders and denoisers) and run its checks.
 
     ``infos`` defaults to every registered autoencoder, denoiser, conditioner, sampler and
-    schedule. A component that cannot be built gives one failed ``"create"`` result. This is
-    what ``latentkit check`` prints.
+    schedule. A component that cannot be built gives one failed ``"create"`` result; a check
+    that does not apply (:class:`~latentkit.testing.results.NotApplicable`) gives a skipped
+    result (``passed=False, skipped=True``) whose message is the reason. This is what
+    ``latentkit check`` prints.
     """
     infos = _default_infos() if infos is None else list(infos)
     results: list[CheckResult] = []
@@ -1713,6 +1853,8 @@ def run_checks(infos: Iterable[ComponentInfo] | None = None) -> list[CheckResult
             reason = declared_xfail(obj, check_name)
             try:
                 note = check(obj)
+            except NotApplicable as exc:
+                results.append(CheckResult(kind, name, check_name, False, str(exc), layout, skipped=True))
             except ConformanceError as exc:
                 if reason is None:
                     results.append(CheckResult(kind, name, check_name, False, str(exc), layout))
@@ -1737,6 +1879,9 @@ def parametrize_with_checks(components: Iterable[Any]) -> Any:
         @parametrize_with_checks([MyDenoiser(in_channels=4, out_channels=4)])
         def test_conformance(component, check):
             check(component)
+
+    A check that does not apply to its component
+    (:class:`~latentkit.testing.results.NotApplicable`) calls ``pytest.skip(reason)``.
     """
     import pytest
 
@@ -1746,5 +1891,20 @@ def parametrize_with_checks(components: Iterable[Any]) -> Any:
         for check_name, check in _checks_for(obj):
             reason = declared_xfail(obj, check_name)
             marks = () if reason is None else (pytest.mark.xfail(reason=reason, raises=ConformanceError, strict=False),)
-            params.append(pytest.param(obj, check, marks=marks, id=f"{label}:{check_name}"))
+            params.append(pytest.param(obj, _skipping(check), marks=marks, id=f"{label}:{check_name}"))
     return pytest.mark.parametrize(("component", "check"), params)
+
+
+def _skipping(check: Check) -> Check:
+    """``check`` with NotApplicable turned into ``pytest.skip(reason)``."""
+
+    @functools.wraps(check)
+    def run(component: Any) -> str | None:
+        import pytest
+
+        try:
+            return check(component)
+        except NotApplicable as exc:
+            pytest.skip(f"{getattr(check, '__name__', 'check')} does not apply: {exc}")
+
+    return run

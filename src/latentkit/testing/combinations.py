@@ -23,8 +23,12 @@ A plugin author tests a new component against everything else with::
     def test_my_component_composes(composition):
         check_composition(composition)
 
+To focus on one's own parts, ``compositions(include=["my_sampler", "denoiser:my_net"])``
+draws only combinations that contain at least one of the named components (so that each of
+them is tried with everything else; two parts of the same kind can be named together).
+
 :func:`run_combinations` runs the same over the installed components for
-``latentkit check --combinations``.
+``latentkit check --combinations [NAME ...]``.
 """
 
 from __future__ import annotations
@@ -42,13 +46,14 @@ import torch
 from hypothesis import strategies as st
 
 from latentkit.diffusion.parameterizations import PARAMETERIZATIONS
-from latentkit.errors import CompositionError
+from latentkit.errors import CompositionError, UnknownComponentError
 from latentkit.interfaces import Autoencoder, Conditioner, Denoiser, Sampler, Schedule
 from latentkit.plugins import ComponentInfo, PluginManager, get_plugin_manager
 from latentkit.specs import ConditioningSpec, spatial_ndim
 from latentkit.testing.results import CheckResult, ConformanceError
 
 __all__ = [
+    "COMBINED_KINDS",
     "MISMATCHES",
     "BuiltComposition",
     "Composition",
@@ -59,6 +64,9 @@ __all__ = [
 
 #: The ways an incompatible draw breaks the fit (each a CompositionError at construction).
 MISMATCHES: tuple[str, ...] = ("in_channels", "out_channels", "crossattn_dim", "vector_dim", "layout")
+
+#: The component kinds a combination is made of (what ``include`` may name).
+COMBINED_KINDS: tuple[str, ...] = ("autoencoder", "denoiser", "conditioner", "schedule", "sampler")
 
 _BATCH = 2  # items per check: small, but > 1 so batch handling is exercised
 
@@ -211,16 +219,86 @@ def _registered(pm: PluginManager, kind: str) -> list[ComponentInfo]:
     return found
 
 
+Include = str | tuple[str, str] | ComponentInfo
+
+
+def _resolve_include(pm: PluginManager, include: Sequence[Include]) -> list[tuple[str, str]]:
+    """``(kind, name)`` for each entry of ``include`` (``"NAME"``, ``"KIND:NAME"``, a
+    ``(kind, name)`` tuple or a ComponentInfo), in order, without repeats. A bare name
+    stands for every combined kind that has a component of that name."""
+    if isinstance(include, (str, ComponentInfo)):
+        include = [include]
+    out: list[tuple[str, str]] = []
+    for item in include:
+        if isinstance(item, ComponentInfo):
+            keys = [(item.kind, item.name)]
+        elif isinstance(item, tuple) and len(item) == 2 and all(isinstance(v, str) for v in item):
+            keys = [(item[0], item[1])]
+        elif isinstance(item, str):
+            kind, _, name = item.rpartition(":")
+            keys = [(kind, name)] if kind else [(k, name) for k in COMBINED_KINDS
+                                                 if any(i.name == name for i in pm.list(k))]
+            if not keys:
+                known = sorted({i.name for k in COMBINED_KINDS for i in pm.list(k)})
+                raise UnknownComponentError(f"compositions(include=...): no {', '.join(COMBINED_KINDS)} "
+                                            f"named {name!r}; registered: {', '.join(known)}")
+        else:
+            raise TypeError(f"compositions(include=...): expected NAME, KIND:NAME, (kind, name) or a "
+                            f"ComponentInfo, got {item!r}")
+        for kind, name in keys:
+            if kind not in COMBINED_KINDS:
+                raise ValueError(f"compositions(include=...): {kind}:{name} is not part of a combination "
+                                 f"(the kinds are {', '.join(COMBINED_KINDS)})")
+            pm.get(kind, name)  # UnknownComponentError naming the close matches
+            if (kind, name) not in out:
+                out.append((kind, name))
+    if not out:
+        raise ValueError("compositions(include=...): name at least one component (or pass include=None)")
+    return out
+
+
+@attrs.frozen
+class _Options:
+    """What may be drawn for one anchor: the candidates of every slot."""
+
+    fitting: list[tuple[ComponentInfo, str | None, list[str]]]  # (autoencoder, layout, fitting denoisers)
+    pairs: list[tuple[ComponentInfo, str | None, list[str]]]  # every (autoencoder, layout) allowed
+    denoisers: list[str]  # every denoiser allowed (for broken draws)
+    conditioners: list[ComponentInfo | None]
+    schedules: list[ComponentInfo]
+    samplers: list[ComponentInfo]
+
+    @property
+    def can_fit(self) -> bool:
+        return bool(self.fitting and self.schedules and self.samplers)
+
+    @property
+    def can_break(self) -> bool:
+        return bool(self.pairs and self.denoisers and self.schedules and self.samplers)
+
+
 def compositions(
     *,
     compatible: bool | None = None,
     manager: PluginManager | None = None,
+    include: Sequence[Include] | None = None,
 ) -> st.SearchStrategy[Composition]:
     """Hypothesis strategy of :class:`Composition` draws from the registered components.
 
     ``compatible=True`` draws only combinations meant to fit, ``False`` only broken ones,
-    ``None`` (default) both (three in four meant to fit). ``manager`` defaults to the
-    process-wide plugin manager (built-ins plus installed plugins).
+    ``None`` (default) both (half of each). ``manager`` defaults to the process-wide plugin
+    manager (built-ins plus installed plugins).
+
+    ``include`` (names as ``latentkit check`` takes them, ``"NAME"`` or ``"KIND:NAME"``, or
+    ``(kind, name)`` tuples or ComponentInfo objects) keeps only the combinations that contain
+    at least one of the named components: each of them is then tried with everything else,
+    and two of one kind (two denoisers, say) can be named together. ``LookupError`` when no
+    such combination can be drawn.
+
+    Different draws are different combinations (hypothesis does not repeat a draw, and every
+    draw maps to its own combination: a combination is drawn through the first included
+    component it contains), so ``max_examples`` draws check that many distinct combinations
+    until there are no more.
     """
     pm = manager or get_plugin_manager()
     autoencoders = _registered(pm, "autoencoder")
@@ -238,22 +316,61 @@ def compositions(
         options: list[str | None] = [fixed] if fixed else (list(supported) if len(supported) > 1 else [None])
         for layout in options:
             lay = layout or supported[0]
-            fits = [d for d, lays in den_layouts.items() if lay in lays]
+            fits = sorted(d for d, lays in den_layouts.items() if lay in lays)
             pairs.append((ae, layout, fits))
-    fitting = [p for p in pairs if p[2]]
-    if compatible is not False and not fitting:
-        raise LookupError("compositions(): no registered denoiser runs on any autoencoder's layout")
+
+    def options_for(anchor: tuple[str, str] | None, before: Sequence[tuple[str, str]]) -> _Options:
+        # The anchor's slot holds the anchor; the included components before it are left out
+        # of their slots, so that a combination is drawn through one anchor only.
+        def allowed(kind: str, name: str) -> bool:
+            if anchor is not None and kind == anchor[0]:
+                return name == anchor[1]
+            return (kind, name) not in before
+
+        allowed_pairs = [(ae, lay, [d for d in fits if allowed("denoiser", d)])
+                         for ae, lay, fits in pairs if allowed("autoencoder", ae.name)]
+        conds: list[ComponentInfo | None] = [c for c in conditioners if allowed("conditioner", c.name)]
+        if anchor is None or anchor[0] != "conditioner":
+            conds.insert(0, None)
+        return _Options(
+            fitting=[p for p in allowed_pairs if p[2]],
+            pairs=allowed_pairs,
+            denoisers=[d for d in sorted(den_layouts) if allowed("denoiser", d)],
+            conditioners=conds,
+            schedules=[s for s in schedules if allowed("schedule", s.name)],
+            samplers=[s for s in samplers if allowed("sampler", s.name)],
+        )
+
+    if include is None:
+        anchored = [options_for(None, ())]
+        if compatible is not False and not anchored[0].can_fit:
+            raise LookupError("compositions(): no registered denoiser runs on any autoencoder's layout")
+    else:
+        keys = _resolve_include(pm, include)
+        anchored = [options_for(key, keys[:i]) for i, key in enumerate(keys)]
+        wanted = {True: "can_fit", False: "can_break", None: None}[compatible]
+        anchored = [o for o in anchored if (getattr(o, wanted) if wanted else o.can_fit or o.can_break)]
+        if not anchored:
+            what = {True: "meant to fit ", False: "broken ", None: ""}[compatible]
+            raise LookupError(f"compositions(include={include!r}): no {what}combination of the registered "
+                              f"components contains any of {[f'{k}:{n}' for k, n in keys]}")
 
     @st.composite
     def draw(draw_: Callable[[st.SearchStrategy[Any]], Any]) -> Composition:
-        want_fit = compatible if compatible is not None else draw_(st.sampled_from([True, True, True, False]))
+        opts = anchored[0] if len(anchored) == 1 else draw_(st.sampled_from(anchored))
+        if compatible is not None:
+            want_fit = compatible
+        elif opts.can_fit and opts.can_break:
+            want_fit = draw_(st.sampled_from([True, False]))
+        else:
+            want_fit = opts.can_fit
         if want_fit:
-            ae, layout, fits = draw_(st.sampled_from(fitting))
-            den_name = draw_(st.sampled_from(sorted(fits)))
+            ae, layout, fits = draw_(st.sampled_from(opts.fitting))
+            den_name = draw_(st.sampled_from(fits))
             mismatch = None
         else:
-            ae, layout, fits = draw_(st.sampled_from(pairs))
-            den_name = draw_(st.sampled_from(sorted(den_layouts)))
+            ae, layout, fits = draw_(st.sampled_from(opts.pairs))
+            den_name = draw_(st.sampled_from(opts.denoisers))
             lay = layout or _supported_layouts(ae)[0]
             options = [m for m in MISMATCHES if m != "layout"]
             if lay not in den_layouts[den_name]:
@@ -265,13 +382,13 @@ def compositions(
         ae_config = dict(ae.tiny_config)
         if layout is not None:
             ae_config["layout"] = layout
-        cond = draw_(st.sampled_from([None, *conditioners]))
+        cond = draw_(st.sampled_from(opts.conditioners))
         cond_config = dict(cond.tiny_config) if cond is not None else {}
         latent_channels = _latent_channels_hint(ae, ae_config, pm)
         if cond is not None and latent_channels is not None and "latent_channels" in cond_config:
             cond_config["latent_channels"] = latent_channels
-        sched = draw_(st.sampled_from(schedules))
-        samp = draw_(st.sampled_from(samplers))
+        sched = draw_(st.sampled_from(opts.schedules))
+        samp = draw_(st.sampled_from(opts.samplers))
         return Composition(
             autoencoder=ae.name,
             autoencoder_config=ae_config,
@@ -444,22 +561,30 @@ def check_composition(composition: Composition | BuiltComposition) -> None:
         raise _fail(comp, "sample contains non-finite values")
 
 
-def run_combinations(max_examples: int = 20) -> list[CheckResult]:
-    """Draw ``max_examples`` combinations from the installed components and check each; one
-    :class:`CheckResult` per combination (what ``latentkit check --combinations`` prints)."""
+def run_combinations(max_examples: int = 20, include: Sequence[Include] | None = None) -> list[CheckResult]:
+    """Draw up to ``max_examples`` distinct combinations from the installed components and
+    check each; one :class:`CheckResult` per combination (what ``latentkit check
+    --combinations [NAME ...]`` prints). ``include`` keeps only combinations that contain at
+    least one of the named components (see :func:`compositions`); fewer results come back
+    when fewer such combinations exist."""
     from hypothesis import HealthCheck, Phase, given, settings
 
     results: list[CheckResult] = []
     try:
-        strategy = compositions()
-    except LookupError as exc:
+        strategy = compositions(include=include)
+    except (LookupError, ValueError) as exc:
         return [CheckResult(kind="combination", component="(none)", check="check_composition",
                             passed=False, message=str(exc))]
+    seen: set[str] = set()
 
     @settings(max_examples=max_examples, deadline=None, database=None, phases=[Phase.generate],
               suppress_health_check=list(HealthCheck))
     @given(strategy)
     def run(composition: Composition) -> None:
+        key = repr(composition)  # names, configs and mismatch (the manager is left out)
+        if key in seen:
+            return
+        seen.add(key)
         try:
             check_composition(composition)
         except Exception as exc:

@@ -23,6 +23,7 @@ class MidpointSampler(Sampler):
     ``dx/dsigma = (x - D(x, sigma)) / sigma`` (Karras et al. 2022, Eq. 3)."""
 
     stochastic = False
+    order = 2  # the kit measures 3 on its Gaussian data, on which the midpoint rule superconverges
 
     def model_calls(self, steps: int) -> int:
         """Two model calls per step."""

@@ -526,3 +526,15 @@ def test_off_scale_latents_warn_once_with_the_figures_unless_fitted(tmp_path: Pa
     else:
         (message,) = off
         assert "SmallLatents" in message and "std 0.0" in message and "fit_statistics" in message
+
+
+def test_load_weights_takes_a_run_directory(tmp_path: Path) -> None:
+    """docs/training.md says load_weights accepts a run; a run directory with two intact
+    checkpoints gives the newest one's weights (it used to find "no intact checkpoint")."""
+    trainer = Trainer(TinyModel(), TinyData(), _cfg(tmp_path, max_steps=4, checkpoint_every=2),
+                      plugin_manager=PluginManager(autoload=False))
+    trainer.fit()
+    assert [s for s, _ in checkpoint_dirs(tmp_path / "checkpoints")] == [2, 4]
+    from_run = load_weights(tmp_path, ema=False)
+    newest = load_weights(tmp_path / "checkpoints" / "step_00000004", ema=False)
+    assert from_run.keys() == newest.keys() and all(torch.equal(from_run[k], newest[k]) for k in newest)

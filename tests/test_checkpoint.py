@@ -284,3 +284,72 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted_run(
     for k in reference.model:
         assert torch.equal(final.model[k], reference.model[k]), k
         assert torch.equal(final.ema[k], reference.ema[k]), k  # type: ignore[index]
+
+
+RESUMING_WRITER = '''
+import sys, torch
+from latentkit.training.checkpoint import latest_checkpoint, save_checkpoint
+directory = sys.argv[1]
+big = torch.randn(1_000_000, generator=torch.Generator().manual_seed(0))  # 4 MB per file
+found = latest_checkpoint(directory)  # falls back past the corrupt newest one, with a warning
+step = found.step if found is not None else 0
+while True:
+    step += 1
+    save_checkpoint(directory, step, model_state={"w": big * step}, ema_state={"w": big},
+                    state={"step": step}, keep_last=1)
+    print(step, flush=True)  # reported saved
+'''
+
+
+@pytest.mark.slow
+def test_sigkill_with_a_corrupt_newest_checkpoint_and_keep_last_1_keeps_a_good_one(tmp_path: Path) -> None:
+    """A run whose newest checkpoint is corrupt with its sizes intact (the case a size-only
+    intactness test misses) resumes from the good one and saves with keep_last = 1; killed
+    with SIGKILL at random moments, it always leaves an intact checkpoint at or after the last
+    step it reported saved, the corrupt one is never counted intact nor loaded, and every
+    other visible checkpoint loads."""
+    import warnings
+
+    ckpts = tmp_path / "checkpoints"
+    big = torch.randn(1_000_000, generator=torch.Generator().manual_seed(0))
+    save_checkpoint(ckpts, 1, model_state={"w": big}, ema_state={"w": big}, state={"step": 1})
+    corrupt = save_checkpoint(ckpts, 10_000_000, model_state={"w": big}, ema_state={"w": big},
+                              state={"step": 10_000_000})
+    target = corrupt / "model.safetensors"
+    data = bytearray(target.read_bytes())
+    for i in range(len(data) // 2, len(data) // 2 + 16):  # flipped bytes, same size
+        data[i] ^= 0xFF
+    target.write_bytes(bytes(data))
+    assert not ck.is_intact(corrupt)
+    script = tmp_path / "writer.py"
+    script.write_text(RESUMING_WRITER)
+    rng = np.random.default_rng(2)
+    newest_good = 1
+    for launch in range(4):
+        log = tmp_path / f"writer-{launch}.log"
+        with open(log, "w") as out:
+            proc = subprocess.Popen([sys.executable, str(script), str(ckpts)], stdout=out,
+                                    stderr=subprocess.DEVNULL)
+            try:
+                deadline = time.time() + 120
+                while not log.read_text().strip() and proc.poll() is None and time.time() < deadline:
+                    time.sleep(0.02)  # until this launch has saved one checkpoint of its own
+                time.sleep(float(rng.uniform(0.0, 0.4)))  # a random moment, often mid-write or mid-prune
+            finally:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+        lines = log.read_text().split()
+        assert lines, f"launch {launch} never saved a checkpoint"
+        assert int(lines[0]) == newest_good + 1, "the writer did not resume from the newest good checkpoint"
+        reported = int(lines[-1])
+        dirs = checkpoint_dirs(ckpts)
+        good = [(step, path) for step, path in dirs if path != corrupt]
+        assert good and good[-1][0] >= reported, f"saved step {reported} is gone: {[s for s, _ in dirs]}"
+        for step, path in good:  # every visible checkpoint besides the corrupt one is whole
+            assert ck.is_intact(path) and load_checkpoint(path).state["step"] == step
+        assert not ck.is_intact(corrupt)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the warning that names the corrupt one
+            found = latest_checkpoint(ckpts)
+        assert found is not None and found.step == good[-1][0]
+        newest_good = found.step

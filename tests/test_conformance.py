@@ -38,7 +38,7 @@ DETERMINISTIC_SAMPLERS = [
     ("unipc", {}), ("unipc", {"use_corrector": False}), ("unipc", {"order": 1}),
     ("unipc", {"order": 1, "use_corrector": False}), ("unipc", {"order": 3}),
     ("unipc", {"order": 3, "use_corrector": False}), ("unipc", {"variant": "bh1"}),
-    ("euler_ancestral", {"eta": 0.0}), ("dpm2_ancestral", {"eta": 0.0}),
+    ("euler_ancestral", {"eta": 0.0}), ("euler_ancestral_rf", {"eta": 0.0}), ("dpm2_ancestral", {"eta": 0.0}),
     ("dpmpp_2s_ancestral", {"eta": 0.0}), ("dpmpp_sde", {"eta": 0.0}), ("dpmpp_2m_sde", {"eta": 0.0}),
     ("dpmpp_2m_sde", {"eta": 0.0, "solver_type": "heun"}), ("dpmpp_3m_sde", {"eta": 0.0}),
 ]

@@ -64,7 +64,7 @@ def test_uniform_is_plain_target_mse() -> None:
 
 
 def test_unknown_weighting_lists_names() -> None:
-    with pytest.raises(KeyError, match="edm, min_snr, soft_min_snr, uniform"):
+    with pytest.raises(KeyError, match="cosmap, edm, min_snr, sigma_sqrt, soft_min_snr, uniform"):
         get_loss_weighting("snr")
 
 

@@ -27,8 +27,10 @@ def exact_target(name: str, x0: torch.Tensor, eps: torch.Tensor, sigma: torch.Te
     s = sigma.view(-1, 1, 1, 1)
     if name == "eps":
         return eps
-    if name == "x0":
+    if name in ("x0", "flow_x0"):
         return x0
+    if name == "flow":  # rectified flow's velocity (Liu et al. 2023; Esser et al. 2024, Eq. 1)
+        return eps - x0
     if name == "v":  # Salimans & Ho 2022: v = alpha eps - sigma_vp x0 (sigma_data = 1)
         alpha, sigma_vp = 1 / torch.sqrt(1 + s**2), s / torch.sqrt(1 + s**2)
         return alpha * eps - sigma_vp * x0
@@ -65,9 +67,14 @@ def test_exact_target_gives_true_x0(name: str) -> None:
     x = x0 + SIGMAS.view(-1, 1, 1, 1) * eps
     denoised = model.denoise(x, SIGMAS)
     torch.testing.assert_close(denoised, x0, rtol=1e-9, atol=1e-9)
-    # The backbone saw c_in * x with c_in = 1 / sqrt(sigma^2 + sd^2), and c_noise.
+    # The backbone saw c_in * x with c_in = 1 / sqrt(sigma^2 + sd^2) (the flow state
+    # (1 - t) x0 + t eps, t = sigma / (1 + sigma), for the flow ones), and c_noise.
     seen_x, seen_t = backbone.inputs[-1]
-    torch.testing.assert_close(seen_x, x / torch.sqrt(SIGMAS**2 + sd**2).view(-1, 1, 1, 1))
+    if name.startswith("flow"):
+        t = (SIGMAS / (1 + SIGMAS)).view(-1, 1, 1, 1)
+        torch.testing.assert_close(seen_x, (1 - t) * x0 + t * eps)
+    else:
+        torch.testing.assert_close(seen_x, x / torch.sqrt(SIGMAS**2 + sd**2).view(-1, 1, 1, 1))
     torch.testing.assert_close(seen_t.double(), 0.25 * SIGMAS.log(), rtol=1e-6, atol=1e-6)
     # target() is the published target and from_x0 inverts to_x0.
     p = model.parameterization
@@ -115,7 +122,7 @@ def test_vp_noise_input_comes_from_schedule() -> None:
 
 
 def test_unknown_parameterization_lists_names() -> None:
-    with pytest.raises(KeyError, match="eps, v, x0") as info:
+    with pytest.raises(KeyError, match="eps, flow, flow_x0, v, x0") as info:
         get_parameterization("epsilon")
     assert "edm" in str(info.value)
 

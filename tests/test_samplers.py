@@ -38,8 +38,8 @@ def make(name: str, **kwargs: Any) -> Any:
 def test_all_samplers_registered_with_a_docstring_citing_the_algorithm() -> None:
     names = {info.name for info in latentkit.list_components("sampler")}
     expected = {
-        "ddpm", "ddim", "plms", "euler", "euler_ancestral", "heun", "dpm2", "dpm2_ancestral", "lms",
-        "dpmpp_2s_ancestral", "dpmpp_2m", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde", "unipc", "lcm",
+        "ddpm", "ddim", "plms", "euler", "euler_ancestral", "euler_ancestral_rf", "heun", "dpm2",
+        "dpm2_ancestral", "lms", "dpmpp_2s_ancestral", "dpmpp_2m", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde", "unipc", "lcm",
     }
     assert expected <= names and set(BUILTIN_SAMPLERS) == expected
     for name in expected:

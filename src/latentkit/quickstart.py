@@ -41,6 +41,7 @@ from latentkit.fileio import atomic_write_text
 __all__ = [
     "FAST_SETTINGS",
     "HELD_OUT_PROMPTS",
+    "OBJECTIVES",
     "QuickstartResult",
     "QuickstartSettings",
     "autoencoder_config",
@@ -61,6 +62,15 @@ HELD_OUT_PROMPTS: tuple[str, ...] = (
     "a yellow square at the bottom left",
     "a yellow triangle at the top right",
 )
+
+
+#: Stage-2 objectives of the quickstart: the ``[schedule]`` table and the ``[model]`` objective keys.
+OBJECTIVES: dict[str, tuple[str, str]] = {
+    # DDPM's linear betas, noise prediction, min-SNR-5 weighting (Hang et al. 2023)
+    "eps": ('name = "linear"', 'parameterization = "eps"\nloss_weighting = "min_snr"\ngamma = 5.0'),
+    # flow matching on the straight path, SD3's logit-normal t (Esser et al. 2024), velocity MSE
+    "flow": ('name = "flow"\nt_distribution = "logit_normal"', 'parameterization = "flow"\nloss_weighting = "uniform"'),
+}
 
 
 @attrs.frozen(kw_only=True)
@@ -87,11 +97,20 @@ class QuickstartSettings:
     text_heads: int = 4
     ema_decay: float = 0.995
     partial_captions: float = 0.0  # share of stage-2 captions that leave one attribute out
+    objective: str = "eps"  # "eps" (noise prediction, min-SNR) or "flow" (flow matching, logit-normal t)
+    denoiser: str = "unet"  # "unet" or "mmdit" (SD3's joint-attention transformer, width below)
+    mmdit_width: int = 128  # mmdit token width (depth 6, 4 heads, patch 1 on the 8x8 latents)
     # sampling
     samples_per_prompt: int = 4
     sampler: str = "dpmpp_2m"
     sample_steps: int = 20
     guidance: float = 2.5  # classifier-free guidance scale
+
+    def __attrs_post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"QuickstartSettings.objective: expected one of {list(OBJECTIVES)}, got {self.objective!r}")
+        if self.denoiser not in ("unet", "mmdit"):
+            raise ValueError(f"QuickstartSettings.denoiser: expected 'unet' or 'mmdit', got {self.denoiser!r}")
 
     def fingerprint(self) -> str:
         """Short hash of every setting (a rerun in the same directory must match it)."""
@@ -102,6 +121,7 @@ class QuickstartSettings:
 FAST_SETTINGS = QuickstartSettings(
     dataset_length=256, ae_steps=12, ae_batch_size=8, ae_channels=8, ldm_steps=16,
     ldm_batch_size=8, model_channels=16, text_width=32, text_heads=2, samples_per_prompt=1, sample_steps=4,
+    mmdit_width=32,
 )
 
 
@@ -124,6 +144,28 @@ num_res_blocks = 1
 norm_num_groups = {min(8, s.ae_channels)}
 latent_channels = {s.latent_channels}
 attention = false
+"""
+
+
+def _denoiser_section(s: QuickstartSettings) -> str:
+    if s.denoiser == "mmdit":
+        return f"""[denoiser]                    # in/out channels, crossattn_dim and vector_dim come from the other parts
+name = "mmdit"
+hidden_size = {s.mmdit_width}
+depth = 6
+num_heads = 4
+patch_size = 1                # 8x8 latents: 64 image tokens beside the text tokens
+input_size = {s.image_size // 4}
+qk_norm = true
+"""
+    return f"""[denoiser]                    # in/out channels and crossattn_dim come from the other parts
+name = "unet"
+model_channels = {s.model_channels}
+channel_mult = [1, 2]
+num_res_blocks = 1
+attention_resolutions = [1, 2]
+num_heads = 4
+norm_groups = {min(16, s.model_channels // 2)}
 """
 
 
@@ -169,6 +211,7 @@ def diffusion_config(
     """Stage 2 as a TOML config: text-conditioned latent diffusion on cached latents of the
     frozen stage-1 autoencoder (``weights_from``), held-out captions excluded."""
     latent = s.image_size // 4
+    schedule, objective = OBJECTIVES[s.objective]
     return f"""# latentkit quickstart, stage 2: text-to-image latent diffusion (written by `latentkit quickstart`)
 {_autoencoder_section(s)}weights_from = {_toml(str(autoencoder_dir))}   # stage 1, latent statistics fitted
 
@@ -180,22 +223,12 @@ outputs = ["crossattn", "vector"]   # tokens to cross-attention, the pooled prom
 trainable = false             # random and frozen: trained along, the tiny tower collapses the prompts
 dropout = 0.1                 # null prompt 10% of the time: classifier-free guidance
 
-[denoiser]                    # in/out channels and crossattn_dim come from the other parts
-name = "unet"
-model_channels = {s.model_channels}
-channel_mult = [1, 2]
-num_res_blocks = 1
-attention_resolutions = [1, 2]
-num_heads = 4
-norm_groups = {min(16, s.model_channels // 2)}
-
+{_denoiser_section(s)}
 [schedule]
-name = "linear"
+{schedule}
 
 [model]
-parameterization = "eps"
-loss_weighting = "min_snr"
-gamma = 5.0
+{objective}
 latent_size = [{latent}, {latent}]
 
 [data]
@@ -299,6 +332,8 @@ def run_quickstart(
     *,
     settings: QuickstartSettings | None = None,
     fast: bool = False,
+    objective: str | None = None,
+    denoiser: str | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> QuickstartResult:
@@ -308,13 +343,19 @@ def run_quickstart(
     Writes into ``output_dir``: ``autoencoder.toml`` and ``diffusion.toml`` (the two configs),
     ``autoencoder/`` (stage-1 runs and the saved autoencoder), ``diffusion/`` (stage-2 run),
     ``samples.png`` (the captioned grid), ``report.json`` and ``report.md``. Rerunning in the
-    same directory resumes from the checkpoints there.
+    same directory resumes from the checkpoints there. ``objective`` (``"eps"`` or
+    ``"flow"``, see :data:`OBJECTIVES`) and ``denoiser`` (``"unet"`` or ``"mmdit"``) replace
+    the settings' stage-2 objective and backbone.
     """
     from latentkit.data.shapes import ShapesDataset
     from latentkit.evaluation import prompt_adherence, reconstruction_metrics
     from latentkit.samples import conditioning_batch, draw, write_samples
 
     s = settings if settings is not None else (FAST_SETTINGS if fast else QuickstartSettings())
+    if objective is not None:
+        s = attrs.evolve(s, objective=objective)
+    if denoiser is not None:
+        s = attrs.evolve(s, denoiser=denoiser)
     out = Path(output_dir)
     _check_output_dir(out, s)
     timings: dict[str, StageTime] = {}
@@ -345,7 +386,8 @@ def run_quickstart(
     echo(f"      checker on reconstructions: {recon_check.summary()}")
 
     # ------------------------------------------------------------ stage 2: diffusion
-    echo(f"\n[2/3] latent diffusion: UNet width {s.model_channels} + tiny open_clip text tower, "
+    backbone = f"UNet width {s.model_channels}" if s.denoiser == "unet" else f"MMDiT width {s.mmdit_width}"
+    echo(f"\n[2/3] latent diffusion ({s.objective}): {backbone} + tiny open_clip text tower, "
          f"{s.ldm_steps} steps of {s.ldm_batch_size} cached latents")
     with _timed(timings, "diffusion"):
         trainer = _train(out / "diffusion.toml", diffusion_config(s, out / "diffusion", ae_saved), progress)

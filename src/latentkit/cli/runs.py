@@ -224,12 +224,15 @@ def cmd_quickstart(args: argparse.Namespace, out: TextIO) -> int:
     """Train a small text-to-image latent diffusion model on `shapes` and report adherence."""
     from latentkit.quickstart import run_quickstart
 
-    output = args.output or ("runs/quickstart-fast" if args.fast else "runs/quickstart")
+    default = "runs/quickstart-fast" if args.fast else "runs/quickstart"
+    suffix = "".join(f"-{v}" for v, base in ((args.objective, "eps"), (args.denoiser, "unet")) if v != base)
+    output = args.output or default + suffix
 
     def echo(line: str) -> None:
         print(line, file=out, flush=True)
 
-    result = run_quickstart(output, fast=args.fast, progress=not args.no_progress, echo=echo)
+    result = run_quickstart(output, fast=args.fast, objective=args.objective, denoiser=args.denoiser,
+                            progress=not args.no_progress, echo=echo)
     if not args.fast and result.adherence.adherence < 0.8:
         echo("note: adherence is below the 80% this quickstart usually reaches")
     return 0
@@ -316,5 +319,9 @@ def add_run_commands(sub: Any) -> None:
     )
     p.add_argument("--output", metavar="DIR", help="output directory (default runs/quickstart)")
     p.add_argument("--fast", action="store_true", help="toy size (~30 s): checks the pipeline only")
+    p.add_argument("--objective", choices=("eps", "flow"), default="eps",
+                   help="stage-2 objective: eps (noise prediction, default) or flow (flow matching)")
+    p.add_argument("--denoiser", choices=("unet", "mmdit"), default="unet",
+                   help="stage-2 backbone: unet (default) or mmdit (SD3's joint-attention transformer)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_quickstart)

@@ -1,9 +1,11 @@
 """Built-in denoisers, registered through ``latentkit_register_denoisers``.
 
 * ``unet``: the LDM / ADM UNet for 1-D, 2-D and 3-D latents (:mod:`latentkit.denoisers.unet`);
-* ``dit``: the diffusion transformer of Peebles & Xie (:mod:`latentkit.denoisers.dit`).
+* ``dit``: the diffusion transformer of Peebles & Xie (:mod:`latentkit.denoisers.dit`);
+* ``mmdit``: SD3's multimodal diffusion transformer of Esser et al. 2024, with joint
+  image-text attention (:mod:`latentkit.denoisers.mmdit`).
 
-Both take ``preset=`` (a named architecture) plus free configuration; see docs/denoisers.md.
+All take ``preset=`` (a named architecture) plus free configuration; see docs/denoisers.md.
 """
 
 from __future__ import annotations
@@ -25,6 +27,13 @@ DIT_TINY_CONFIG: dict[str, Any] = dict(
     in_channels=4, out_channels=4, hidden_size=24, depth=2, num_heads=2, patch_size=2,
     crossattn_dim=None, vector_dim=None, layout="CHW", input_size=8,
 )
+#: Tiny ``mmdit``: builds in milliseconds, runs on 8x8 latents (used by the conformance kit);
+#: QK-norm and a dual-attention block on, so that the kit covers the SD3.5 paths too.
+MMDIT_TINY_CONFIG: dict[str, Any] = dict(
+    in_channels=4, out_channels=4, hidden_size=24, depth=2, num_heads=2, patch_size=2,
+    crossattn_dim=None, vector_dim=None, layout="CHW", input_size=8, qk_norm=True,
+    dual_attention_layers=(0,),
+)
 
 
 @hookimpl
@@ -43,4 +52,12 @@ def latentkit_register_denoisers(registry: Registrar) -> None:
         summary="Diffusion transformer (Peebles & Xie) on timm layers, adaLN-Zero, optional "
         "cross-attention, presets DiT-S/B/L/XL with patch 2/4/8",
         tiny_config=DIT_TINY_CONFIG,
+    )
+    registry.add(
+        "mmdit",
+        "latentkit.denoisers.mmdit:mmdit",
+        summary="SD3's multimodal diffusion transformer (Esser et al. 2024): separate image / text "
+        "streams, joint attention, adaLN-Zero, optional QK RMS-norm and SD3.5 dual attention, "
+        "diffusers key map, presets sd3-medium, sd3.5-medium, sd3.5-large, mmdit-s, mmdit-b",
+        tiny_config=MMDIT_TINY_CONFIG,
     )

@@ -1,7 +1,8 @@
 """The diffusion core: parameterizations, the training objective, guidance and the composed
 :class:`LatentDiffusion` model.
 
-* :mod:`~latentkit.diffusion.parameterizations`: ``eps``, ``v``, ``x0``, ``edm`` and
+* :mod:`~latentkit.diffusion.parameterizations`: ``eps``, ``v``, ``x0``, ``edm``, the flow
+  matching ``flow`` and ``flow_x0``, and
   :class:`ParameterizedDenoiser` (``denoise(x, sigma, cond) -> x0``, what samplers see);
 * :mod:`~latentkit.diffusion.objective`: per-sample loss, weightings, offset noise;
 * :mod:`~latentkit.diffusion.guidance`: classifier-free guidance (one batched call), guidance
@@ -25,10 +26,12 @@ from latentkit.diffusion.guidance import (
 from latentkit.diffusion.model import LatentDiffusion, downsample_mask
 from latentkit.diffusion.objective import (
     LOSS_WEIGHTINGS,
+    CosmapWeighting,
     DiffusionObjective,
     EDMWeighting,
     LossWeighting,
     MinSNRWeighting,
+    SigmaSqrtWeighting,
     SoftMinSNRWeighting,
     UniformWeighting,
     get_loss_weighting,
@@ -39,29 +42,36 @@ from latentkit.diffusion.parameterizations import (
     PARAMETERIZATIONS,
     EDMParameterization,
     EpsParameterization,
+    FlowParameterization,
+    FlowX0Parameterization,
     Parameterization,
     ParameterizedDenoiser,
     VParameterization,
     X0Parameterization,
     get_parameterization,
+    parameterizations_for,
 )
-from latentkit.diffusion.sampling import SamplingOptions
+from latentkit.diffusion.sampling import SamplingOptions, schedule_sigmas
 
 __all__ = [
     "LOSS_WEIGHTINGS",
     "PARAMETERIZATIONS",
     "ClassifierFreeGuidance",
+    "CosmapWeighting",
     "DiffusionObjective",
     "DynamicThresholding",
     "EDMParameterization",
     "EDMWeighting",
     "EpsParameterization",
+    "FlowParameterization",
+    "FlowX0Parameterization",
     "LatentDiffusion",
     "LossWeighting",
     "MinSNRWeighting",
     "Parameterization",
     "ParameterizedDenoiser",
     "SamplingOptions",
+    "SigmaSqrtWeighting",
     "SoftMinSNRWeighting",
     "UniformWeighting",
     "VParameterization",
@@ -72,6 +82,8 @@ __all__ = [
     "get_loss_weighting",
     "get_parameterization",
     "offset_noise",
+    "parameterizations_for",
     "rescale_guidance",
+    "schedule_sigmas",
     "snr",
 ]

@@ -24,10 +24,12 @@ from latentkit.diffusion.sampling import (
     SamplingOptions,
     lists_sampling_options,
     resolve_sampling_options,
+    schedule_sigmas,
 )
 from latentkit.errors import ShapeError
 from latentkit.interfaces import Autoencoder, Conditioner, DenoiseFn, Denoiser, Sampler, Schedule
 from latentkit.random import Generators, generators_from_seed, randn
+from latentkit.samplers.base import initial_state
 from latentkit.specs import Conditioning
 
 if TYPE_CHECKING:
@@ -439,7 +441,8 @@ class LatentDiffusion(nn.Module):
 
         sigmas = options.sigmas
         if sigmas is None:
-            sigmas = self.schedule.sigmas(options.steps, options.spacing, device=device)
+            sigmas = schedule_sigmas(self.schedule, options.steps, options.spacing, device=device,
+                                     latent_shape=size)
         sigmas = torch.as_tensor(sigmas, device=device, dtype=torch.float32)
         if init is not None and strength < 1.0:
             if not 0.0 <= strength <= 1.0:
@@ -460,7 +463,7 @@ class LatentDiffusion(nn.Module):
         if init is not None and strength < 1.0:
             x = init + sigmas[0] * noise
         else:
-            x = sigmas[0] * noise
+            x = initial_state(noise, float(sigmas[0]))
 
         denoise: DenoiseFn = self.parameterized.denoise
         extra_args: dict[str, Any] = {"cond": cond}

@@ -22,14 +22,23 @@ name             lambda(sigma), x0 space          published form it reproduces
                                                   gamma = 1/sigma_data^2, k-diffusion's
                                                   (sigma sd)^2 / (sigma^2 + sd^2)^2 for edm
 ``edm``          (sigma^2 + sd^2) / (sigma sd)^2  Karras et al. 2022, Table 1
+``sigma_sqrt``   1 / t^2                          diffusers' SD3 scripts, ``sigma_sqrt``
+``cosmap``       2 / (pi (1 - 2t + 2t^2))         diffusers' SD3 scripts, ``cosmap`` (Esser
+                                                  et al. 2024, Eq. 21's density as a weight)
 ================ ================================ ==========================================
 
-``SNR = 1 / sigma^2`` (= alpha^2 / sigma_vp^2 of a variance-preserving process).
+``SNR = 1 / sigma^2`` (= alpha^2 / sigma_vp^2 of a variance-preserving process) and ``t =
+sigma / (1 + sigma)`` is the flow time. The two flow weightings are x0-space weights, as in
+diffusers' SD3 training scripts with their default ``precondition_outputs`` (which compare
+``x0 = z_t - t v`` with the data): for a ``flow`` model (``c_out = -t``) ``sigma_sqrt`` is
+therefore the plain velocity MSE, and ``uniform`` is too; ``cosmap`` weights the velocity
+error by ``2 t^2 / (pi (1 - 2t + 2t^2))``.
 """
 
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -45,10 +54,12 @@ from latentkit.specs import Conditioning
 
 __all__ = [
     "LOSS_WEIGHTINGS",
+    "CosmapWeighting",
     "DiffusionObjective",
     "EDMWeighting",
     "LossWeighting",
     "MinSNRWeighting",
+    "SigmaSqrtWeighting",
     "SoftMinSNRWeighting",
     "UniformWeighting",
     "get_loss_weighting",
@@ -146,10 +157,42 @@ class EDMWeighting(LossWeighting):
         return (sigma**2 + sd**2) / (sigma * sd) ** 2
 
 
+def flow_time(sigma: torch.Tensor) -> torch.Tensor:
+    """The flow time ``t = sigma / (1 + sigma)``."""
+    return sigma / (1.0 + sigma)
+
+
+class SigmaSqrtWeighting(LossWeighting):
+    """diffusers' ``sigma_sqrt`` SD3 weighting: ``lambda = t^-2`` on the x0 error, which is the
+    plain velocity MSE of a ``flow`` model."""
+
+    name = "sigma_sqrt"
+
+    def x0_weight(self, sigma: torch.Tensor, parameterization: Parameterization) -> torch.Tensor:
+        """``1 / t^2``."""
+        return flow_time(sigma) ** -2
+
+
+class CosmapWeighting(LossWeighting):
+    """diffusers' ``cosmap`` SD3 weighting, ``lambda = 2 / (pi (1 - 2t + 2t^2))`` on the x0
+    error: the density of SD3's CosMap time sampling (Esser et al. 2024, Eq. 21) used as a
+    weight."""
+
+    name = "cosmap"
+
+    def x0_weight(self, sigma: torch.Tensor, parameterization: Parameterization) -> torch.Tensor:
+        """``2 / (pi (1 - 2t + 2t^2))``."""
+        t = flow_time(sigma)
+        return 2.0 / (math.pi * (1.0 - 2.0 * t + 2.0 * t**2))
+
+
 #: Loss weightings by name.
 LOSS_WEIGHTINGS: dict[str, Callable[..., LossWeighting]] = {
     cls.name: cls
-    for cls in (UniformWeighting, MinSNRWeighting, SoftMinSNRWeighting, EDMWeighting)
+    for cls in (
+        UniformWeighting, MinSNRWeighting, SoftMinSNRWeighting, EDMWeighting,
+        SigmaSqrtWeighting, CosmapWeighting,
+    )
 }
 
 

@@ -16,6 +16,8 @@ name       c_skip                  c_out                         c_in           
 ``v``      sd^2/(sigma^2+sd^2)     -sigma*sd/sqrt(sigma^2+sd^2)  1/sqrt(sigma^2+sd^2)   ``schedule.sigma_to_t``
 ``x0``     0                       1                             1/sqrt(sigma^2+sd^2)   ``schedule.sigma_to_t``
 ``edm``    sd^2/(sigma^2+sd^2)     sigma*sd/sqrt(sigma^2+sd^2)   1/sqrt(sigma^2+sd^2)   ln(sigma)/4
+``flow``   1/(1+sigma)             -sigma/(1+sigma)              1/(1+sigma)            ``schedule.sigma_to_t``
+``flow_x0`` 0                      1                             1/(1+sigma)            ``schedule.sigma_to_t``
 =========  ======================  ============================  =====================  ===========================
 
 ``sd`` is ``sigma_data``. For ``eps``, ``v`` and ``x0`` it defaults to 1, which makes
@@ -24,6 +26,20 @@ eps`` of DDPM (Ho et al. 2020) and ``v`` exactly Salimans & Ho (2022)'s
 ``v = alpha eps - sigma_vp x0``; checkpoints trained with diffusers' schedulers therefore
 load unchanged. For ``edm`` it defaults to the schedule's ``sigma_data`` (0.5 if the schedule
 has none), as in EDM.
+
+Flow matching (rectified flow; Liu et al. 2023, Lipman et al. 2023, Esser et al. 2024) trains
+on the straight path ``z_t = (1 - t) x0 + t eps``. With ``t = sigma / (1 + sigma)`` this is the
+sigma-space state divided by ``1 + sigma`` (``z_t = x / (1 + sigma)``), so ``c_in = 1 / (1 +
+sigma)``, and the velocity ``v = eps - x0`` gives ``x0 = z_t - t v``, i.e. ``c_skip = 1 / (1 +
+sigma)`` and ``c_out = -sigma / (1 + sigma) = -t``. ``flow_x0`` feeds the same ``z_t`` to a
+backbone that predicts x0 directly.
+
+Pure noise, ``sigma = inf`` (``t = 1`` of a flow, zero terminal SNR), is a valid noise level
+for the parameterizations whose scalings have finite limits there (:meth:`Parameterization.
+limits_at_infinity`: ``flow``, ``flow_x0``, ``v``, ``x0``). At ``sigma = inf`` the state ``x``
+holds ``x / sigma``, the unit-variance noise itself, and ``c_skip x``, ``c_out`` and ``c_in x``
+are replaced by their limits; ``eps`` and ``edm`` have none (``c_skip sigma`` and ``c_noise``
+diverge) and raise ``ValueError``.
 """
 
 from __future__ import annotations
@@ -35,7 +51,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from latentkit.errors import ShapeError
+from latentkit.errors import CompositionError, ShapeError
 from latentkit.interfaces import Denoiser, Schedule
 from latentkit.specs import Conditioning
 
@@ -43,6 +59,8 @@ __all__ = [
     "PARAMETERIZATIONS",
     "EDMParameterization",
     "EpsParameterization",
+    "FlowParameterization",
+    "FlowX0Parameterization",
     "Parameterization",
     "ParameterizedDenoiser",
     "VParameterization",
@@ -50,6 +68,7 @@ __all__ = [
     "append_dims",
     "broadcast_sigma",
     "get_parameterization",
+    "parameterizations_for",
 ]
 
 
@@ -117,16 +136,58 @@ class Parameterization(abc.ABC):
         """``(c_skip, c_out, c_in)`` at ``sigma``."""
         return self.c_skip(sigma), self.c_out(sigma), self.c_in(sigma)
 
+    def limits_at_infinity(self) -> tuple[float, float, float] | None:
+        """``(lim c_skip sigma, lim c_out, lim c_in sigma)`` as ``sigma -> inf``, or None where
+        one of them (or ``c_noise``) diverges. The default is None; parameterizations that can
+        start from pure noise override it."""
+        return None
+
+    def _infinite(self, sigma: torch.Tensor) -> tuple[torch.Tensor, tuple[float, float, float]] | None:
+        """The mask of items at ``sigma = inf`` and the limits, or None if no item is."""
+        inf = torch.isinf(sigma)
+        if not bool(inf.any()):
+            return None
+        limits = self.limits_at_infinity()
+        if limits is None:
+            raise ValueError(
+                f"the {self.name!r} parameterization cannot be evaluated at sigma = inf (pure "
+                "noise): its scalings diverge there; start the grid at a finite sigma, or use "
+                "a parameterization with limits there (flow, flow_x0, v, x0)"
+            )
+        return inf, limits
+
+    def skip_and_out(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(c_skip x, c_out)`` broadcast against ``x``, with the limits where sigma is inf
+        (``x`` then holds the unit noise ``x / sigma``)."""
+        c_skip, c_out = (append_dims(c, x.ndim) for c in (self.c_skip(sigma), self.c_out(sigma)))
+        skip_x = c_skip * x
+        infinite = self._infinite(sigma)
+        if infinite is not None:
+            inf, (skip_lim, out_lim, _) = infinite
+            mask = append_dims(inf, x.ndim)
+            skip_x = torch.where(mask, skip_lim * x, skip_x)
+            c_out = torch.where(mask, torch.full_like(c_out, out_lim), c_out)
+        return skip_x, c_out
+
+    def scale_input(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """The backbone input ``c_in x`` (its limit where sigma is inf)."""
+        scaled = x * append_dims(self.c_in(sigma), x.ndim)
+        infinite = self._infinite(sigma)
+        if infinite is not None:
+            inf, (_, _, in_lim) = infinite
+            scaled = torch.where(append_dims(inf, x.ndim), in_lim * x, scaled)
+        return scaled
+
     def target(self, x0: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """Training target of the backbone, ``(x0 - c_skip x) / c_out`` (Karras et al. 2022,
         Eq. 8); ``sigma`` has shape (B,)."""
-        c_skip, c_out = (append_dims(c, x.ndim) for c in (self.c_skip(sigma), self.c_out(sigma)))
-        return (x0 - c_skip * x) / c_out
+        skip_x, c_out = self.skip_and_out(x, sigma)
+        return (x0 - skip_x) / c_out
 
     def to_x0(self, output: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """Backbone output -> denoised x0, ``c_skip x + c_out F`` (Karras et al. 2022, Eq. 7)."""
-        c_skip, c_out = (append_dims(c, x.ndim) for c in (self.c_skip(sigma), self.c_out(sigma)))
-        return c_skip * x + c_out * output
+        skip_x, c_out = self.skip_and_out(x, sigma)
+        return skip_x + c_out * output
 
     def from_x0(self, x0: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """Denoised x0 -> this parameterization's prediction (the inverse of :meth:`to_x0`)."""
@@ -161,6 +222,10 @@ class VParameterization(Parameterization):
         """``-sigma sd / sqrt(sigma^2 + sd^2)``."""
         return -sigma * self.sigma_data * (sigma**2 + self.sigma_data**2).rsqrt()
 
+    def limits_at_infinity(self) -> tuple[float, float, float]:
+        """``c_skip sigma -> 0``, ``c_out -> -sd``, ``c_in sigma -> 1``."""
+        return 0.0, -self.sigma_data, 1.0
+
 
 class X0Parameterization(Parameterization):
     """Direct x0 prediction: ``D = F``."""
@@ -174,6 +239,10 @@ class X0Parameterization(Parameterization):
     def c_out(self, sigma: torch.Tensor) -> torch.Tensor:
         """1."""
         return torch.ones_like(sigma)
+
+    def limits_at_infinity(self) -> tuple[float, float, float]:
+        """``c_skip sigma = 0``, ``c_out = 1``, ``c_in sigma -> 1``."""
+        return 0.0, 1.0, 1.0
 
 
 class EDMParameterization(Parameterization):
@@ -197,10 +266,62 @@ class EDMParameterization(Parameterization):
         return 0.25 * sigma.log()
 
 
+class FlowParameterization(Parameterization):
+    """Flow matching / rectified flow with velocity prediction (Liu et al. 2023; Lipman et al.
+    2023; Esser et al. 2024, Sec. 2): the backbone sees ``z_t = (1 - t) x0 + t eps = x / (1 +
+    sigma)`` at ``t = sigma / (1 + sigma)`` and predicts ``v = eps - x0``; ``x0 = z_t - t v``.
+    ``sigma_data`` plays no part."""
+
+    name = "flow"
+
+    def c_skip(self, sigma: torch.Tensor) -> torch.Tensor:
+        """``1 / (1 + sigma)``."""
+        return 1.0 / (1.0 + sigma)
+
+    def c_out(self, sigma: torch.Tensor) -> torch.Tensor:
+        """``-sigma / (1 + sigma)``, i.e. ``-t``."""
+        return -sigma / (1.0 + sigma)
+
+    def c_in(self, sigma: torch.Tensor) -> torch.Tensor:
+        """``1 / (1 + sigma)``: the flow state ``z_t``."""
+        return 1.0 / (1.0 + sigma)
+
+    def limits_at_infinity(self) -> tuple[float, float, float]:
+        """At ``t = 1``: ``c_skip sigma -> 1``, ``c_out -> -1``, ``c_in sigma -> 1``
+        (``x0 = eps - v``)."""
+        return 1.0, -1.0, 1.0
+
+
+class FlowX0Parameterization(Parameterization):
+    """Flow matching with x0 prediction: the backbone sees the flow state ``z_t = x / (1 +
+    sigma)`` and predicts x0 directly (``D = F``)."""
+
+    name = "flow_x0"
+
+    def c_skip(self, sigma: torch.Tensor) -> torch.Tensor:
+        """0."""
+        return torch.zeros_like(sigma)
+
+    def c_out(self, sigma: torch.Tensor) -> torch.Tensor:
+        """1."""
+        return torch.ones_like(sigma)
+
+    def c_in(self, sigma: torch.Tensor) -> torch.Tensor:
+        """``1 / (1 + sigma)``: the flow state ``z_t``."""
+        return 1.0 / (1.0 + sigma)
+
+    def limits_at_infinity(self) -> tuple[float, float, float]:
+        """``c_skip sigma = 0``, ``c_out = 1``, ``c_in sigma -> 1``."""
+        return 0.0, 1.0, 1.0
+
+
 #: Parameterizations by name.
 PARAMETERIZATIONS: dict[str, type[Parameterization]] = {
     cls.name: cls
-    for cls in (EpsParameterization, VParameterization, X0Parameterization, EDMParameterization)
+    for cls in (
+        EpsParameterization, VParameterization, X0Parameterization, EDMParameterization,
+        FlowParameterization, FlowX0Parameterization,
+    )
 }
 
 
@@ -228,6 +349,16 @@ def get_parameterization(
     return cls(sigma_data=sigma_data)
 
 
+def parameterizations_for(schedule: Schedule) -> list[str]:
+    """The names of the parameterizations that can integrate ``schedule``'s grids: all of them
+    when ``sigma_max`` is finite, those with limits at infinity (:meth:`Parameterization.
+    limits_at_infinity`) when it is inf (pure noise, e.g. the flow schedule)."""
+    names = sorted(PARAMETERIZATIONS)
+    if math.isfinite(float(schedule.sigma_max)):
+        return names
+    return [n for n in names if PARAMETERIZATIONS[n]().limits_at_infinity() is not None]
+
+
 class ParameterizedDenoiser(nn.Module):
     """``(backbone, schedule, parameterization)`` -> ``denoise(x, sigma, cond=None) -> x0``,
     the one function every sampler integrates (Karras et al. 2022, Eq. 7).
@@ -250,20 +381,27 @@ class ParameterizedDenoiser(nn.Module):
         self.parameterization = get_parameterization(
             parameterization, sigma_data=sigma_data, schedule=schedule
         )
+        if not math.isfinite(float(schedule.sigma_max)) and self.parameterization.limits_at_infinity() is None:
+            raise CompositionError(
+                f"the {self.parameterization.name!r} parameterization cannot start from pure noise, "
+                f"but {type(schedule).__name__}'s grids start at sigma = inf; expected one of "
+                f"{parameterizations_for(schedule)}, or a schedule with a finite sigma_max "
+                "(e.g. FlowSchedule(t_max=0.999))"
+            )
 
     def model_output(
         self, x: torch.Tensor, sigma: Any, cond: Conditioning | None = None
     ) -> torch.Tensor:
         """The raw backbone output ``F(c_in x, c_noise, cond)`` (in target space)."""
         sigma = broadcast_sigma(sigma, x)
-        c_in = append_dims(self.parameterization.c_in(sigma), x.ndim)
         t = self.parameterization.c_noise(sigma, self.schedule)
-        return self.backbone(x * c_in, t.to(torch.float32), cond)
+        return self.backbone(self.parameterization.scale_input(x, sigma), t.to(torch.float32), cond)
 
     def denoise(self, x: torch.Tensor, sigma: Any, cond: Conditioning | None = None,
                 **extra: Any) -> torch.Tensor:
         """Denoised estimate of x0 from ``x = x0 + sigma * eps``; extra keyword arguments
-        (what samplers pass through ``extra_args``) other than ``cond`` are ignored."""
+        (what samplers pass through ``extra_args``) other than ``cond`` are ignored. At
+        ``sigma = inf`` ``x`` is the unit noise (see the module docstring)."""
         sigma_b = broadcast_sigma(sigma, x)
         out = self.model_output(x, sigma_b, cond)
         return self.parameterization.to_x0(out.to(x.dtype), x, sigma_b)

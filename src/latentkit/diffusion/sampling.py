@@ -19,13 +19,34 @@ import attrs
 import torch
 
 from latentkit.diffusion.parameterizations import PARAMETERIZATIONS, Parameterization
-from latentkit.interfaces import Sampler
+from latentkit.interfaces import Sampler, Schedule
 from latentkit.random import Generators
 from latentkit.specs import Conditioning
 
-__all__ = ["SamplingOptions", "lists_sampling_options", "resolve_sampling_options"]
+__all__ = ["SamplingOptions", "lists_sampling_options", "resolve_sampling_options", "schedule_sigmas"]
 
 _Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def schedule_sigmas(
+    schedule: Schedule,
+    steps: int,
+    spacing: str | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    latent_shape: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """``schedule.sigmas(steps, spacing)``, passing ``latent_shape=`` (the latent's spatial
+    shape) to schedules whose grid depends on it (``resolution_dependent``, e.g. the flow
+    schedule's dynamic shift)."""
+    if getattr(schedule, "resolution_dependent", False):
+        if latent_shape is None:
+            raise ValueError(
+                f"{type(schedule).__name__}: its sampling grid depends on the latent size; "
+                "pass latent_shape=(...) (the latent's spatial shape)"
+            )
+        return schedule.sigmas(steps, spacing, device=device, latent_shape=tuple(latent_shape))  # type: ignore[call-arg]
+    return schedule.sigmas(steps, spacing, device=device)
 
 
 def _fail(
@@ -86,7 +107,7 @@ def _to_spacing(value: Any) -> str | None:
 def _to_sigmas(value: Any) -> torch.Tensor | None:
     if value is None:
         return None
-    expected = "a 1-D sequence of finite noise levels >= 0 (at least one)"
+    expected = "a 1-D sequence of finite noise levels >= 0 (at least one; the first may be inf)"
     try:
         sigmas = torch.as_tensor(value)
     except (TypeError, ValueError, RuntimeError):
@@ -95,7 +116,7 @@ def _to_sigmas(value: Any) -> torch.Tensor | None:
         sigmas = sigmas.float()
     if sigmas.ndim != 1 or len(sigmas) == 0:
         raise _fail("sigmas", expected, value, found=f"shape {tuple(sigmas.shape)}")
-    if not bool(torch.isfinite(sigmas).all()) or bool((sigmas < 0).any()):
+    if not bool(torch.isfinite(sigmas[1:]).all()) or bool(torch.isnan(sigmas[:1]).any()) or bool((sigmas < 0).any()):
         raise _fail("sigmas", expected, value, found=str(sigmas.tolist()))
     return sigmas
 
@@ -254,7 +275,8 @@ class SamplingOptions:
         seed: per-item generators ``seed + i`` (item ``i`` is the same at any batch size);
             ``generator``: one generator or one per item (used when ``seed`` is None).
         latent_size: latent spatial size (inferred from concat conditioning if any).
-        noise: the initial standard-normal noise (scaled by ``sigmas[0]``).
+        noise: the initial standard-normal noise (scaled by ``sigmas[0]``, or as it is when
+            ``sigmas[0]`` is inf, pure noise).
         callback: called once per step with the sampler's dict.
         return_latents: return normalised latents instead of decoded data.
         clamp: clamp the decoded data to the autoencoder's ``data_spec.value_range`` (the

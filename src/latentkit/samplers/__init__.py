@@ -17,6 +17,9 @@ BUILTIN_SAMPLERS: dict[str, tuple[str, str]] = {
     "plms": ("classic:PLMSSampler", "Pseudo linear multistep (Liu et al. 2022)"),
     "euler": ("euler:EulerSampler", "Euler on the PF ODE (Karras et al. 2022)"),
     "euler_ancestral": ("euler:EulerAncestralSampler", "Euler ancestral (k-diffusion)"),
+    "euler_ancestral_rf": (
+        "euler:EulerAncestralRFSampler", "Euler ancestral for rectified flow (down-step linear in t)",
+    ),
     "heun": ("euler:HeunSampler", "Heun 2nd order (Karras et al. 2022, Alg. 2)"),
     "dpm2": ("euler:DPM2Sampler", "DPM-Solver-2 (Lu et al. 2022)"),
     "dpm2_ancestral": ("euler:DPM2AncestralSampler", "DPM-Solver-2 ancestral (k-diffusion)"),

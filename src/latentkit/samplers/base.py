@@ -5,6 +5,16 @@ Every sampler integrates the probability-flow ODE ``dx/dsigma = (x - D(x, sigma)
 counterparts, seeing the model only through ``denoise(x, sigma, **extra_args) -> x0``.
 Scalar coefficients are computed in float64 from the grid (``sigmas.tolist()`` once), so the
 loop never synchronises with an accelerator.
+
+A grid may start at ``sigma = inf``: pure noise, ``t = 1`` of a flow-matching model (or a
+zero-terminal-SNR schedule). ``x`` then holds the unit-variance noise itself (the limit of
+``x / sigma``), and every sampler takes the same first step, the limit of its step as
+``sigma -> inf``: ``x_1 = D(noise, inf) + sigma_down noise + sigma_up xi``, with ``sigma_down =
+sigma_1, sigma_up = 0`` for the deterministic samplers (the DDIM / Euler limit, which is the
+flow Euler step ``z_1 = z_0 + (t_1 - 1) v`` exactly) and the sampler's own ancestral split
+for the ancestral ones (:meth:`SigmaSampler.infinity_split`). The remaining grid, all finite,
+is then integrated by the sampler's own rule. That first step is first order, so on such grids
+a sampler's observed order is at most 2.
 """
 
 from __future__ import annotations
@@ -19,9 +29,9 @@ import torch
 
 from latentkit.errors import ShapeError
 from latentkit.interfaces import DenoiseFn, Sampler, SamplerCallback
-from latentkit.random import Generators
+from latentkit.random import Generators, randn_like
 
-__all__ = ["SigmaSampler", "ancestral_step", "to_d"]
+__all__ = ["SigmaSampler", "ancestral_step", "initial_state", "to_d"]
 
 
 def to_d(x: torch.Tensor, sigma: float, denoised: torch.Tensor) -> torch.Tensor:
@@ -37,9 +47,17 @@ def ancestral_step(sigma_from: float, sigma_to: float, eta: float = 1.0) -> tupl
     Eq. 16); ``sigma_down = sqrt(sigma_to^2 - sigma_up^2)``."""
     if eta == 0.0 or sigma_to == 0.0:
         return sigma_to, 0.0
-    sigma_up = min(sigma_to, eta * math.sqrt(sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2))
+    # (sigma_from^2 - sigma_to^2) / sigma_from^2, whose limit is 1 as sigma_from -> inf
+    share = 1.0 if math.isinf(sigma_from) else (sigma_from**2 - sigma_to**2) / sigma_from**2
+    sigma_up = min(sigma_to, eta * math.sqrt(sigma_to**2 * share))
     sigma_down = math.sqrt(max(sigma_to**2 - sigma_up**2, 0.0))
     return sigma_down, sigma_up
+
+
+def initial_state(noise: torch.Tensor, sigma_max: float) -> torch.Tensor:
+    """The sampler's starting ``x`` for unit noise at ``sigma_max``: ``sigma_max * noise``, or
+    the noise itself when ``sigma_max`` is inf (pure noise; see the module docstring)."""
+    return noise if math.isinf(float(sigma_max)) else noise * float(sigma_max)
 
 
 class SigmaSampler(Sampler):
@@ -48,7 +66,8 @@ class SigmaSampler(Sampler):
     ``sigmas`` must be a 1-D, non-increasing, non-negative tensor of at least two levels in
     which only the last may be 0 (the contract asks for a final 0; a grid that stops above 0,
     as in partial img2img, is also integrated, and :meth:`model_calls` then counts one call
-    more for the samplers that treat the final step to 0 specially).
+    more for the samplers that treat the final step to 0 specially). The first level may be
+    inf (pure noise; see the module docstring), and ``x`` is then the unit noise.
     """
 
     #: One line naming the algorithm and its paper.
@@ -75,8 +94,11 @@ class SigmaSampler(Sampler):
                 f"(steps + 1), got shape {tuple(sig.shape)}"
             )
         levels = [float(s) for s in sig.detach().cpu().double().tolist()]
-        if any(not math.isfinite(s) or s < 0 for s in levels):
-            raise ValueError(f"{name}.sample: sigmas must be finite and >= 0, got {levels}")
+        if any(not (math.isfinite(s) or (i == 0 and s == math.inf)) or s < 0 for i, s in enumerate(levels)):
+            raise ValueError(
+                f"{name}.sample: sigmas must be finite and >= 0 (only the first may be inf, "
+                f"pure noise), got {levels}"
+            )
         if any(b > a for a, b in itertools.pairwise(levels)) or 0.0 in levels[:-1]:
             raise ValueError(
                 f"{name}.sample: sigmas must decrease and only the last may be 0, got {levels}"
@@ -95,7 +117,40 @@ class SigmaSampler(Sampler):
             s_in = x_in.new_full((batch,), sigma)
             return denoise(x_in, s_in, **args)
 
+        if levels[0] == math.inf:
+            x = self.step_from_infinity(model, x, levels[1], callback=callback, generator=generator)
+            levels = levels[1:]
+            if len(levels) < 2:
+                return x
+            callback = _shifted(callback)
         return self.run(model, x, levels, callback=callback, generator=generator)
+
+    def infinity_split(self, sigma_next: float) -> tuple[float, float]:
+        """``(sigma_down, sigma_up)`` of the first step from ``sigma = inf`` to ``sigma_next``:
+        ``(sigma_next, 0)`` for a deterministic sampler, and for a stochastic one the limit
+        of the ancestral split with its ``eta`` (1 when it has none, e.g. DDPM):
+        ``sigma_up = min(1, eta) sigma_next``."""
+        eta = float(getattr(self, "eta", 1.0)) if self.stochastic else 0.0
+        return ancestral_step(math.inf, sigma_next, eta)
+
+    def step_from_infinity(
+        self,
+        model: Any,
+        noise: torch.Tensor,
+        sigma_next: float,
+        *,
+        callback: SamplerCallback | None,
+        generator: Generators,
+    ) -> torch.Tensor:
+        """The first step from pure noise: ``D(noise, inf) + sigma_down noise + sigma_up xi``
+        (see the module docstring)."""
+        denoised = model(noise, math.inf)
+        self.report(callback, 0, noise, math.inf, sigma_next, denoised)
+        sigma_down, sigma_up = self.infinity_split(sigma_next)
+        x = denoised + noise * sigma_down if sigma_down > 0 else denoised
+        if sigma_up > 0:
+            x = x + randn_like(x, generator) * (float(getattr(self, "s_noise", 1.0)) * sigma_up)
+        return x
 
     @abc.abstractmethod
     def run(
@@ -130,3 +185,14 @@ class SigmaSampler(Sampler):
     def options(self) -> dict[str, Any]:
         """The constructor options of this sampler (for ``repr`` and logging)."""
         return {}
+
+
+def _shifted(callback: SamplerCallback | None) -> SamplerCallback | None:
+    """``callback`` with step indices one higher (after the first step from infinity)."""
+    if callback is None:
+        return None
+
+    def shifted(info: dict[str, Any]) -> None:
+        callback({**info, "i": info["i"] + 1})
+
+    return shifted

@@ -171,6 +171,11 @@ class DPMpp2MSDESampler(SigmaSampler):
         """Constructor options."""
         return {"eta": self.eta, "s_noise": self.s_noise, "solver_type": self.solver_type}
 
+    def infinity_split(self, sigma_next: float) -> tuple[float, float]:
+        """The limit of this SDE step from ``sigma = inf``: ``e^{-eta h} -> 0``, so all of
+        ``sigma_next`` is fresh noise when ``eta > 0``."""
+        return (0.0, sigma_next) if self.eta > 0 else (sigma_next, 0.0)
+
     def model_calls(self, steps: int) -> int:
         """One call per step."""
         return int(steps)
@@ -221,6 +226,11 @@ class DPMpp3MSDESampler(SigmaSampler):
     def options(self) -> dict[str, Any]:
         """Constructor options."""
         return {"eta": self.eta, "s_noise": self.s_noise}
+
+    def infinity_split(self, sigma_next: float) -> tuple[float, float]:
+        """The limit of this SDE step from ``sigma = inf``: ``e^{-eta h} -> 0``, so all of
+        ``sigma_next`` is fresh noise when ``eta > 0``."""
+        return (0.0, sigma_next) if self.eta > 0 else (sigma_next, 0.0)
 
     def model_calls(self, steps: int) -> int:
         """One call per step."""

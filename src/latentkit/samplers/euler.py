@@ -23,10 +23,12 @@ from latentkit.samplers.base import SigmaSampler, ancestral_step, to_d
 __all__ = [
     "DPM2AncestralSampler",
     "DPM2Sampler",
+    "EulerAncestralRFSampler",
     "EulerAncestralSampler",
     "EulerSampler",
     "HeunSampler",
     "LMSSampler",
+    "flow_ancestral_step",
     "linear_multistep_coeff",
 ]
 
@@ -151,6 +153,29 @@ class _AncestralMixin(SigmaSampler):
         """Constructor options."""
         return {"eta": self.eta, "s_noise": self.s_noise}
 
+    def split(self, sigma_from: float, sigma_to: float) -> tuple[float, float]:
+        """``(sigma_down, sigma_up)`` of a step: the DDPM posterior split (:func:`ancestral_step`)."""
+        return ancestral_step(sigma_from, sigma_to, self.eta)
+
+    def infinity_split(self, sigma_next: float) -> tuple[float, float]:
+        """:meth:`split` from ``sigma = inf``."""
+        return self.split(math.inf, sigma_next)
+
+
+def flow_ancestral_step(sigma_from: float, sigma_to: float, eta: float = 1.0) -> tuple[float, float]:
+    """The rectified-flow ancestral split: the deterministic part of the step ends at the
+    flow time ``t_down = t_to (1 + (t_to / t_from - 1) eta)`` (linear in ``t`` rather than
+    DDPM's posterior; ComfyUI's ``euler_ancestral_RF``), and fresh noise of std ``sigma_up =
+    sqrt(sigma_to^2 - sigma_down^2)`` restores the marginal at ``sigma_to``; with ``t = sigma /
+    (1 + sigma)``. ``eta = 0`` is the deterministic step."""
+    if eta == 0.0 or sigma_to == 0.0:
+        return sigma_to, 0.0
+    t_from = 1.0 if math.isinf(sigma_from) else sigma_from / (1.0 + sigma_from)
+    t_to = sigma_to / (1.0 + sigma_to)
+    t_down = max(t_to * (1.0 + (t_to / t_from - 1.0) * eta), 0.0)
+    sigma_down = t_down / (1.0 - t_down)
+    return sigma_down, math.sqrt(max(sigma_to**2 - sigma_down**2, 0.0))
+
 
 class EulerAncestralSampler(_AncestralMixin):
     """Ancestral Euler: Euler to sigma_down, then fresh noise of std sigma_up (k-diffusion; Ho et al. 2020 posterior)."""
@@ -168,11 +193,24 @@ class EulerAncestralSampler(_AncestralMixin):
         for i in range(len(sigmas) - 1):
             denoised = model(x, sigmas[i])
             self.report(callback, i, x, sigmas[i], sigmas[i + 1], denoised)
-            sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], self.eta)
+            sigma_down, sigma_up = self.split(sigmas[i], sigmas[i + 1])
             x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
             if sigmas[i + 1] > 0 and sigma_up > 0:
                 x = x + randn_like(x, generator) * (self.s_noise * sigma_up)
         return x
+
+
+class EulerAncestralRFSampler(EulerAncestralSampler):
+    """Ancestral Euler for rectified flow (Liu et al. 2023; Esser et al. 2024): the down-step
+    linear in the flow time ``t`` (:func:`flow_ancestral_step`), otherwise ``euler_ancestral``. Works on any
+    model (``t = sigma / (1 + sigma)`` is defined for every sigma) and keeps the marginal
+    variance at every level, like every ancestral split."""
+
+    algorithm = "Euler ancestral for rectified flow (down-step linear in t; ComfyUI euler_ancestral_RF)"
+
+    def split(self, sigma_from: float, sigma_to: float) -> tuple[float, float]:
+        """:func:`flow_ancestral_step`."""
+        return flow_ancestral_step(sigma_from, sigma_to, self.eta)
 
 
 class DPM2AncestralSampler(_AncestralMixin):

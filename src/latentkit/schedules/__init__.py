@@ -2,7 +2,9 @@
 
 * discrete variance-preserving: ``linear``, ``scaled_linear``, ``cosine``
   (:mod:`latentkit.schedules.discrete`), each with ``rescale_zero_terminal_snr``;
-* continuous: ``edm`` (:mod:`latentkit.schedules.edm`).
+* continuous: ``edm`` (:mod:`latentkit.schedules.edm`);
+* flow matching: ``flow`` (:mod:`latentkit.schedules.flow`), with SD3's constant and Flux's
+  dynamic shift.
 
 The spacing functions shared by all of them live in :mod:`latentkit.schedules.spacing`.
 """
@@ -38,5 +40,12 @@ def latentkit_register_schedules(registry: Registrar) -> None:
         "edm",
         "latentkit.schedules.edm:EDMSchedule",
         summary="EDM continuous sigmas: Karras grid, log-normal training (Karras et al. 2022)",
+        tiny_config={},
+    )
+    registry.add(
+        "flow",
+        "latentkit.schedules.flow:FlowSchedule",
+        summary="Flow matching t = sigma/(1+sigma): SD3 constant / Flux dynamic shift, "
+        "logit-normal, mode, cosmap training t (Esser et al. 2024)",
         tiny_config={},
     )

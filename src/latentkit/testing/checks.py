@@ -1587,18 +1587,19 @@ def _spacings(schedule: Schedule) -> list[str | None]:
     return list(spacings)
 
 
-@_register("schedule", "0 < sigma_min <= sigma_max, both finite")
+@_register("schedule", "0 < sigma_min <= sigma_max, sigma_min finite, sigma_max finite or "
+           "inf (pure noise)")
 def check_schedule_declarations(schedule: Schedule) -> str | None:
     """The declared noise range."""
     lo, hi = float(schedule.sigma_min), float(schedule.sigma_max)
-    if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi):
+    if not (math.isfinite(lo) and not math.isnan(hi) and 0 < lo <= hi):
         raise _fail(f"sigma_min {lo}, sigma_max {hi}")
     return None
 
 
-@_register("schedule", "sigmas(n, spacing) has n + 1 finite entries >= 0, non-increasing, the "
-           "last 0 and the others within [sigma_min, sigma_max], for every spacing listed in "
-           "`spacings`")
+@_register("schedule", "sigmas(n, spacing) has n + 1 finite entries >= 0 (the first may be inf "
+           "when sigma_max is), non-increasing, the last 0 and the others within [sigma_min, "
+           "sigma_max], for every spacing listed in `spacings`")
 def check_schedule_sigmas(schedule: Schedule) -> str | None:
     """Sampling noise levels for every spacing and several step counts."""
     lo, hi = float(schedule.sigma_min), float(schedule.sigma_max)
@@ -1609,8 +1610,11 @@ def check_schedule_sigmas(schedule: Schedule) -> str | None:
             if not isinstance(s, torch.Tensor) or s.ndim != 1 or s.shape[0] != n + 1:
                 got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
                 raise _fail(f"{what}: got {got}, expected a 1-D tensor of {n + 1} entries")
-            if not s.is_floating_point() or not bool(torch.isfinite(s).all()) or bool((s < 0).any()):
-                raise _fail(f"{what}: entries must be finite floats >= 0, got {s.tolist()}")
+            finite = s[1:] if math.isinf(hi) else s
+            if not s.is_floating_point() or not bool(torch.isfinite(finite).all()) or bool((s < 0).any()) \
+                    or bool(torch.isnan(s).any()):
+                raise _fail(f"{what}: entries must be finite floats >= 0 (the first may be inf only "
+                            f"when sigma_max is), got {s.tolist()}")
             if float(s[-1]) != 0.0:
                 raise _fail(f"{what}: last entry is {float(s[-1])}, expected 0")
             if bool((s[1:] > s[:-1]).any()):
@@ -1655,9 +1659,13 @@ def check_schedule_training_sigmas_per_item(schedule: Schedule) -> str | None:
 def check_schedule_t_round_trip(schedule: Schedule) -> str | None:
     """Round trip through the backbone's noise input."""
     lo, hi = float(schedule.sigma_min), float(schedule.sigma_max)
+    grid = schedule.sigmas(10)[:-1].float()
+    grid = grid[torch.isfinite(grid)]
+    if math.isinf(hi):  # pure noise: check the round trip up to the largest finite grid level
+        hi = max(float(grid.max()), lo)
     sigma = torch.cat([
         torch.logspace(math.log10(lo), math.log10(hi), 17, dtype=torch.float64).float(),
-        schedule.sigmas(10)[:-1].float(),
+        grid,
     ])
     t = schedule.sigma_to_t(sigma)
     if not isinstance(t, torch.Tensor) or t.shape != sigma.shape or not bool(torch.isfinite(t).all()):

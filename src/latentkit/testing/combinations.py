@@ -45,7 +45,7 @@ import attrs
 import torch
 from hypothesis import strategies as st
 
-from latentkit.diffusion.parameterizations import PARAMETERIZATIONS
+from latentkit.diffusion.parameterizations import PARAMETERIZATIONS, parameterizations_for
 from latentkit.errors import CompositionError, UnknownComponentError
 from latentkit.interfaces import Autoencoder, Conditioner, Denoiser, Sampler, Schedule
 from latentkit.plugins import ComponentInfo, PluginManager, get_plugin_manager
@@ -388,6 +388,7 @@ def compositions(
         if cond is not None and latent_channels is not None and "latent_channels" in cond_config:
             cond_config["latent_channels"] = latent_channels
         sched = draw_(st.sampled_from(opts.schedules))
+        fitting = _parameterizations(pm, sched)
         samp = draw_(st.sampled_from(opts.samplers))
         return Composition(
             autoencoder=ae.name,
@@ -398,7 +399,7 @@ def compositions(
             conditioner_config=cond_config,
             schedule=sched.name,
             schedule_config=dict(sched.tiny_config),
-            parameterization=draw_(st.sampled_from(sorted(PARAMETERIZATIONS))),
+            parameterization=draw_(st.sampled_from(fitting)),
             sampler=samp.name,
             sampler_config=dict(samp.tiny_config),
             mismatch=mismatch,
@@ -406,6 +407,22 @@ def compositions(
         )
 
     return draw()
+
+
+_PARAMETERIZATIONS: dict[tuple[str, str, str], list[str]] = {}
+
+
+def _parameterizations(pm: PluginManager, sched: ComponentInfo) -> list[str]:
+    """The parameterizations that fit ``sched`` built from its tiny config (all of them,
+    or those that can start from pure noise when its sigma_max is inf), cached."""
+    key = (sched.plugin, sched.name, repr(sorted(sched.tiny_config.items())))
+    if key not in _PARAMETERIZATIONS:
+        try:
+            schedule = pm.create("schedule", sched.name, **sched.tiny_config)
+            _PARAMETERIZATIONS[key] = parameterizations_for(schedule)
+        except Exception:
+            _PARAMETERIZATIONS[key] = sorted(PARAMETERIZATIONS)
+    return _PARAMETERIZATIONS[key]
 
 
 _LATENT_CHANNELS: dict[tuple[str, str, str], int] = {}

@@ -85,7 +85,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_help_on_every_command(capsys: pytest.CaptureFixture[str]) -> None:
-    commands = ["plugins", "check", "train", "sample", "eval", "quickstart"]
+    commands = ["plugins", "check", "train", "sample", "eval", "quickstart", "schedule"]
     choices = next(a.choices for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     assert set(commands) == set(choices)
     for command in commands:

@@ -41,6 +41,18 @@ DETERMINISTIC_SAMPLERS = [
     ("euler_ancestral", {"eta": 0.0}), ("euler_ancestral_rf", {"eta": 0.0}), ("dpm2_ancestral", {"eta": 0.0}),
     ("dpmpp_2s_ancestral", {"eta": 0.0}), ("dpmpp_sde", {"eta": 0.0}), ("dpmpp_2m_sde", {"eta": 0.0}),
     ("dpmpp_2m_sde", {"eta": 0.0, "solver_type": "heun"}), ("dpmpp_3m_sde", {"eta": 0.0}),
+    # The few-step solvers and options (tests/test_fewstep_solvers.py measures their orders too).
+    ("dpmpp_3m", {}), ("dpmpp_3m", {"lower_order_final": False}), ("dpmpp_3m", {"euler_at_final": True}),
+    ("dpmpp_2m", {"lower_order_final": True, "euler_at_final": True}),
+    ("deis", {}), ("deis", {"order": 1}), ("deis", {"order": 2}), ("deis", {"prediction": "eps"}),
+    ("deis", {"prediction": "eps", "order": 2}), ("deis", {"lower_order_final": False}),
+    ("ipndm", {}), ("ipndm", {"order": 1}), ("ipndm", {"order": 2}), ("ipndm", {"order": 3}),
+    ("ipndm_v", {}), ("ipndm_v", {"order": 3}),
+    ("unipc", {"variant": "bh1", "use_corrector": False}), ("unipc", {"variant": "bh1", "order": 1}),
+    ("unipc", {"variant": "bh1", "order": 3}), ("unipc", {"variant": "bh1", "order": 3, "use_corrector": False}),
+    ("unipc", {"euler_at_final": True}),
+    ("dpmpp_3m", {"final_step": "denoise"}), ("deis", {"final_step": "denoise"}), ("heun", {"final_step": "denoise"}),
+    ("lms", {"final_step": "denoise"}), ("plms", {"final_step": "denoise"}),
 ]
 
 

@@ -593,6 +593,9 @@ SAMPLING_FLAGS: dict[str, st.SearchStrategy[list[str]]] = {
     "--steps": _ONE_INT, "--guidance": _ONE_FLOAT, "--seed": _ONE_INT, "--num": _ONE_INT,
     "--size": st.lists(st.sampled_from([*INT_TEXTS, "16", "32", "8"]), min_size=1, max_size=3),
     "--no-ema": _NO_VALUE, "--device": st.sampled_from(DEVICES).map(lambda s: [s]),
+    "--schedule": st.one_of(_ONE_INPUT, st.sampled_from(
+        ["14,3,0.5,0", "inf,2,0", "1,2,0", "3,3,0", "nan,1,0", "5", ",", "1e400,1,0", "-1,0"]).map(lambda s: [s])),
+    "--force-schedule": _NO_VALUE,
 }
 FLAGS: dict[str, dict[str, st.SearchStrategy[list[str]]]] = {
     "train": {"--max-steps": _ONE_INT, "--output": st.sampled_from([*OUTPUT_PATHS, "@RUNCOPY@"]).map(lambda s: [s]),

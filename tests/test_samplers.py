@@ -40,6 +40,7 @@ def test_all_samplers_registered_with_a_docstring_citing_the_algorithm() -> None
     expected = {
         "ddpm", "ddim", "plms", "euler", "euler_ancestral", "euler_ancestral_rf", "heun", "dpm2",
         "dpm2_ancestral", "lms", "dpmpp_2s_ancestral", "dpmpp_2m", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde", "unipc", "lcm",
+        "dpmpp_3m", "deis", "ipndm", "ipndm_v",
     }
     assert expected <= names and set(BUILTIN_SAMPLERS) == expected
     for name in expected:

@@ -36,14 +36,17 @@ def euler(name: str, **kwargs: object) -> EulerDiscreteScheduler:
 
 def test_builtin_schedules_are_registered_with_their_spacings() -> None:
     names = {info.name for info in latentkit.list_components("schedule")}
-    assert {"linear", "scaled_linear", "cosine", "edm"} <= names
+    assert {"linear", "scaled_linear", "cosine", "edm", "flow"} <= names
     assert latentkit.create("schedule", "scaled_linear").spacings == (
-        "leading", "trailing", "linspace", "karras", "exponential", "polyexponential",
+        "leading", "trailing", "linspace", "karras", "exponential", "polyexponential", "ays_sd15", "ays_sdxl",
+    )
+    assert latentkit.create("schedule", "flow").spacings == (
+        "linspace", "flux", "karras", "exponential", "polyexponential",
     )
     assert latentkit.create("schedule", "edm").spacings == ("karras", "exponential", "polyexponential")
 
 
-@pytest.mark.parametrize("name", ["linear", "scaled_linear", "cosine", "edm"])
+@pytest.mark.parametrize("name", ["linear", "scaled_linear", "cosine", "edm", "flow"])
 def test_conformance_kit(name: str) -> None:
     info = latentkit.get_plugin_manager().get("schedule", name)
     check_schedule(latentkit.create("schedule", name, **info.tiny_config))

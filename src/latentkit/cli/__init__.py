@@ -8,7 +8,9 @@
   grid, or into the files the plugin of the data layout writes (a GIF for video, meshes for
   volumes: the ``latentkit_write_samples`` hook);
 * ``latentkit eval RUN`` measures prompt adherence (``shapes`` prompts) or reconstruction;
-* ``latentkit quickstart`` trains a small text-to-image latent diffusion model on the CPU.
+* ``latentkit quickstart`` trains a small text-to-image latent diffusion model on the CPU;
+* ``latentkit schedule optimize RUN --steps N`` optimises a step schedule for a run and a
+  sampler (``latentkit sample --schedule FILE`` uses it).
 
 Every command takes ``--help``; any failure (a bad argument, config or checkpoint, a broken
 plugin, an error inside torch) is one line naming what the command was doing, exit status 2,
@@ -25,6 +27,7 @@ from typing import TextIO
 
 from latentkit.cli.components import add_component_commands
 from latentkit.cli.runs import add_run_commands
+from latentkit.cli.schedule import add_schedule_commands
 from latentkit.cli.stage import EXPECTED, one_line
 from latentkit.errors import LatentkitError
 
@@ -40,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     add_component_commands(sub)
     add_run_commands(sub)
+    add_schedule_commands(sub)
     return parser
 
 

@@ -124,14 +124,36 @@ def _draw(model: Any, config: Any, args: argparse.Namespace, prompts: list[str] 
         size = latent_size(model, pixels=args.size, dataset=dataset)
         if size is None and getattr(model, "latent_size", None) is None:
             raise ValueError("cannot tell the image size: pass --size H W (pixels)")
+    sampler, timing = _sampler_and_steps(model, args)
     return draw(model, batch, captions, latent_size=size, negative_prompt=args.negative_prompt, init_image=init,
-                mask=mask, strength=args.strength, sampler=args.sampler, steps=args.steps,
-                guidance_scale=args.guidance, seed=args.seed)
+                mask=mask, strength=args.strength, sampler=sampler, guidance_scale=args.guidance, seed=args.seed,
+                **timing)
+
+
+def _sampler_and_steps(model: Any, args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """The sampler and ``{"steps": n}`` or, with ``--schedule``, ``{"sigmas": ...}`` from the
+    schedule file (checked against the model's weights and the sampler) or list."""
+    schedule_arg = getattr(args, "schedule", None)
+    if schedule_arg is None:
+        return args.sampler or "euler", {"steps": args.steps}
+    from latentkit.diffusion.schedule_optimization import load_schedule
+
+    denoiser = getattr(model, "denoiser", None)
+    schedule = load_schedule(schedule_arg, model=denoiser, sampler=args.sampler, force=args.force_schedule)
+    sampler = args.sampler or schedule.sampler or "euler"
+    return sampler, {"sigmas": schedule.tensor()}
 
 
 def _add_sampling_options(p: argparse.ArgumentParser, *, default_num: int) -> None:
-    p.add_argument("--sampler", default="euler", help="registered sampler (see `latentkit plugins --kind sampler`)")
+    p.add_argument("--sampler", default=None,
+                   help="registered sampler (see `latentkit plugins --kind sampler`; default euler, or the "
+                        "one a --schedule file was optimised for)")
     p.add_argument("--steps", type=_positive_int, default=20, help="sampling steps (default 20)")
+    p.add_argument("--schedule", metavar="FILE|SIGMAS",
+                   help="explicit noise levels: a file from `latentkit schedule optimize`, or a comma-separated "
+                        "list ending in 0 (replaces --steps)")
+    p.add_argument("--force-schedule", action="store_true",
+                   help="use a --schedule file optimised for another model or sampler")
     p.add_argument("--guidance", type=float, default=1.0,
                    help="classifier-free guidance scale (default 1 = off)")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default 0)")

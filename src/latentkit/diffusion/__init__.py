@@ -23,7 +23,7 @@ from latentkit.diffusion.guidance import (
     dynamic_threshold,
     rescale_guidance,
 )
-from latentkit.diffusion.model import LatentDiffusion, downsample_mask
+from latentkit.diffusion.model import LatentDiffusion, SamplingProblem, downsample_mask
 from latentkit.diffusion.objective import (
     LOSS_WEIGHTINGS,
     CosmapWeighting,
@@ -71,6 +71,7 @@ __all__ = [
     "Parameterization",
     "ParameterizedDenoiser",
     "SamplingOptions",
+    "SamplingProblem",
     "SigmaSqrtWeighting",
     "SoftMinSNRWeighting",
     "UniformWeighting",

@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
+import attrs
 import torch
 from torch import nn
 
@@ -72,6 +73,17 @@ class _SharedReference:
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _SharedReference:
         return self
+
+
+@attrs.frozen
+class SamplingProblem:
+    """One sampling run before the sampler: see :meth:`LatentDiffusion.sampling_problem`."""
+
+    denoise: DenoiseFn  # denoise(x, sigma, **extra_args) -> x0, guidance included
+    extra_args: dict[str, Any]  # cond / uncond for denoise
+    x: torch.Tensor  # the starting state: noise * sigmas[0] (the noise itself at sigma = inf)
+    sigmas: torch.Tensor  # steps + 1 levels (float32, on the model's device)
+    generator: Generators  # for the stochastic samplers
 
 
 class _KeepKnown:
@@ -418,15 +430,22 @@ class LatentDiffusion(nn.Module):
         return tuple(int(s) for s in size)
 
     @torch.no_grad()
-    def _generate(
+    def sampling_problem(
         self,
         batch: Mapping[str, Any] | int | None,
-        options: SamplingOptions,
+        options: SamplingOptions | None = None,
         *,
         init: torch.Tensor | None = None,
         strength: float = 1.0,
         keep_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        **overrides: Any,
+    ) -> SamplingProblem:
+        """What :meth:`sample` hands the sampler, without running it: the guided
+        ``denoise`` function with its ``extra_args``, the starting ``x``, the ``sigmas`` and the
+        generator(s). Tools that run samplers themselves (the schedule optimiser,
+        :func:`latentkit.diffusion.schedule_optimization.optimize_model_schedule`) start here.
+        ``options`` and ``overrides`` are the :class:`SamplingOptions`."""
+        options = resolve_sampling_options(options, overrides, caller="LatentDiffusion.sampling_problem()")
         batch, n = self._batch_size(batch)
         batch = self._move(batch)
         device = self.device
@@ -489,7 +508,22 @@ class LatentDiffusion(nn.Module):
             denoise = DynamicThresholding(denoise, options.dynamic_threshold, tuple(sorted(value_range)))  # type: ignore[arg-type]
         if keep_mask is not None and init is not None:
             denoise = _KeepKnown(denoise, init, keep_mask)
+        return SamplingProblem(denoise=denoise, extra_args=extra_args, x=x, sigmas=sigmas, generator=gens)
 
+    @torch.no_grad()
+    def _generate(
+        self,
+        batch: Mapping[str, Any] | int | None,
+        options: SamplingOptions,
+        *,
+        init: torch.Tensor | None = None,
+        strength: float = 1.0,
+        keep_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        problem = self.sampling_problem(batch, options, init=init, strength=strength, keep_mask=keep_mask)
+        denoise, extra_args, x, sigmas, gens = (
+            problem.denoise, problem.extra_args, problem.x, problem.sigmas, problem.generator,
+        )
         if len(sigmas) > 1:
             sampler = options.sampler
             solver: Sampler = self.plugin_manager.create("sampler", sampler) if isinstance(sampler, str) else sampler

@@ -26,10 +26,14 @@ BUILTIN_SAMPLERS: dict[str, tuple[str, str]] = {
     "lms": ("euler:LMSSampler", "Linear multistep, order 4 (k-diffusion)"),
     "dpmpp_2s_ancestral": ("dpmpp:DPMpp2SAncestralSampler", "DPM-Solver++(2S) ancestral (Lu et al. 2022)"),
     "dpmpp_2m": ("dpmpp:DPMpp2MSampler", "DPM-Solver++(2M) (Lu et al. 2022)"),
+    "dpmpp_3m": ("dpmpp:DPMpp3MSampler", "DPM-Solver++(3M) multistep, deterministic (Lu et al. 2022)"),
     "dpmpp_sde": ("dpmpp:DPMppSDESampler", "DPM-Solver++ SDE, Brownian-tree noise (Lu et al. 2022)"),
     "dpmpp_2m_sde": ("dpmpp:DPMpp2MSDESampler", "DPM-Solver++(2M) SDE (Lu et al. 2022)"),
     "dpmpp_3m_sde": ("dpmpp:DPMpp3MSDESampler", "DPM-Solver++(3M) SDE (Lu et al. 2022)"),
     "unipc": ("unipc:UniPCSampler", "UniPC predictor-corrector, bh2 (Zhao et al. 2023)"),
+    "deis": ("deis:DEISSampler", "DEIS tAB multistep exponential integrator (Zhang & Chen 2023)"),
+    "ipndm": ("deis:IPNDMSampler", "Improved PNDM, fixed-weight Adams-Bashforth (Zhang & Chen 2023)"),
+    "ipndm_v": ("deis:IPNDMVSampler", "Variable-step iPNDM / Adams-Bashforth (Zhang & Chen 2023)"),
     "lcm": ("classic:LCMSampler", "Multistep latent-consistency sampling (Luo et al. 2023)"),
 }
 

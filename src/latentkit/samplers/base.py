@@ -15,14 +15,24 @@ flow Euler step ``z_1 = z_0 + (t_1 - 1) v`` exactly) and the sampler's own ances
 for the ancestral ones (:meth:`SigmaSampler.infinity_split`). The remaining grid, all finite,
 is then integrated by the sampler's own rule. That first step is first order, so on such grids
 a sampler's observed order is at most 2.
+
+The last step is an option of every sampler, ``final_step`` (a keyword-only constructor
+argument that :class:`SigmaSampler` adds to every subclass, so no sampler's ``__init__``
+mentions it): ``"zero"`` (the default) takes the sampler's own step to the final 0 of the
+grid; ``"denoise"`` integrates the grid without its final 0 (to the last non-zero level,
+``sigma_last``, by the sampler's own rule, for which that level is then the end of the grid)
+and returns ``D(x, sigma_last)``. A grid that stops above 0 is integrated the same way in both
+modes.
 """
 
 from __future__ import annotations
 
 import abc
+import functools
+import inspect
 import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -31,7 +41,10 @@ from latentkit.errors import ShapeError
 from latentkit.interfaces import DenoiseFn, Sampler, SamplerCallback
 from latentkit.random import Generators, randn_like
 
-__all__ = ["SigmaSampler", "ancestral_step", "initial_state", "to_d"]
+__all__ = ["FINAL_STEPS", "SigmaSampler", "ancestral_step", "initial_state", "lowered_order", "to_d"]
+
+#: The values of ``final_step`` (see the module docstring).
+FINAL_STEPS: tuple[str, ...] = ("zero", "denoise")
 
 
 def to_d(x: torch.Tensor, sigma: float, denoised: torch.Tensor) -> torch.Tensor:
@@ -60,6 +73,48 @@ def initial_state(noise: torch.Tensor, sigma_max: float) -> torch.Tensor:
     return noise if math.isinf(float(sigma_max)) else noise * float(sigma_max)
 
 
+def lowered_order(order: int, i: int, steps: int, *, lower_order_final: bool, euler_at_final: bool) -> int:
+    """The order of step ``i`` of ``steps`` for a multistep solver configured for ``order``
+    (the caller caps it by the history while that fills), by the rule of diffusers'
+    ``DPMSolverMultistepScheduler`` and ``DEISMultistepScheduler``: with
+    ``lower_order_final`` and fewer than 15 steps, the last step is first order and the one
+    before it at most second order; with ``euler_at_final`` the last step is first order.
+
+    "Last" is the step to the grid's last level. On a grid that ends in 0 that step is
+    ``x = D(x, sigma_last)`` in every data-prediction solver whatever its order, so there the
+    rule only changes the step before it (``lower_order_final``, 3rd-order solvers).
+    """
+    if i == steps - 1 and (euler_at_final or (lower_order_final and steps < 15)):
+        return 1
+    if i == steps - 2 and lower_order_final and steps < 15:
+        return min(order, 2)
+    return order
+
+
+def _checked_final_step(final_step: Any, owner: str) -> str:
+    if final_step not in FINAL_STEPS:
+        raise ValueError(f"{owner}: final_step must be one of {list(FINAL_STEPS)}, got {final_step!r}")
+    return str(final_step)
+
+
+def _accepting_final_step(init: Callable[..., None]) -> Callable[..., None]:
+    """``init`` with a keyword-only ``final_step="zero"`` that is set on the instance after
+    ``init`` ran (the signature, which ``latentkit.create`` checks config keys against,
+    shows it)."""
+    signature = inspect.signature(init)
+    params = list(signature.parameters.values())
+    extra = inspect.Parameter("final_step", inspect.Parameter.KEYWORD_ONLY, default="zero", annotation="str")
+    at = next((k for k, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD), len(params))
+
+    @functools.wraps(init)
+    def __init__(self: SigmaSampler, *args: Any, final_step: str = "zero", **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self.final_step = _checked_final_step(final_step, type(self).__name__)
+
+    __init__.__signature__ = signature.replace(parameters=[*params[:at], extra, *params[at:]])  # type: ignore[attr-defined]
+    return __init__
+
+
 class SigmaSampler(Sampler):
     """Base class of the built-in samplers: checks the inputs, then runs :meth:`run`.
 
@@ -68,10 +123,27 @@ class SigmaSampler(Sampler):
     as in partial img2img, is also integrated, and :meth:`model_calls` then counts one call
     more for the samplers that treat the final step to 0 specially). The first level may be
     inf (pure noise; see the module docstring), and ``x`` is then the unit noise.
+
+    Every subclass accepts ``final_step="zero" | "denoise"`` (module docstring) as a
+    keyword-only constructor argument without declaring it: :meth:`__init_subclass__` wraps a
+    subclass's own ``__init__`` to take it, and :meth:`sample` applies it, so a sampler only
+    writes its loop (:meth:`run`). :meth:`model_calls` needs no change for it when the
+    sampler's step to 0 costs one call (every built-in): ``"denoise"`` replaces that call.
     """
 
     #: One line naming the algorithm and its paper.
     algorithm: str = ""
+    #: What the last step does: ``"zero"`` (the sampler's own step to 0) or ``"denoise"``.
+    final_step: str = "zero"
+
+    def __init__(self, *, final_step: str = "zero") -> None:
+        self.final_step = _checked_final_step(final_step, type(self).__name__)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None and "final_step" not in inspect.signature(init).parameters:
+            cls.__init__ = _accepting_final_step(init)  # type: ignore[method-assign]
 
     def sample(
         self,
@@ -117,13 +189,23 @@ class SigmaSampler(Sampler):
             s_in = x_in.new_full((batch,), sigma)
             return denoise(x_in, s_in, **args)
 
-        if levels[0] == math.inf:
-            x = self.step_from_infinity(model, x, levels[1], callback=callback, generator=generator)
+        # final_step="denoise": integrate the grid without its final 0, then x = D(x, sigma_last).
+        denoise_last = self.final_step == "denoise" and levels[-1] == 0.0
+        if denoise_last:
+            levels = levels[:-1]
+        last = len(levels) - 1  # index of the step that starts at levels[-1]
+        step_callback = callback
+        if levels[0] == math.inf and len(levels) > 1:
+            x = self.step_from_infinity(model, x, levels[1], callback=step_callback, generator=generator)
             levels = levels[1:]
-            if len(levels) < 2:
-                return x
-            callback = _shifted(callback)
-        return self.run(model, x, levels, callback=callback, generator=generator)
+            step_callback = _shifted(step_callback)
+        if len(levels) > 1:
+            x = self.run(model, x, levels, callback=step_callback, generator=generator)
+        if denoise_last:
+            denoised = model(x, levels[-1])
+            self.report(callback, last, x, levels[-1], 0.0, denoised)
+            x = denoised
+        return x
 
     def infinity_split(self, sigma_next: float) -> tuple[float, float]:
         """``(sigma_down, sigma_up)`` of the first step from ``sigma = inf`` to ``sigma_next``:
@@ -179,7 +261,10 @@ class SigmaSampler(Sampler):
             callback({"i": i, "x": x, "sigma": sigma, "sigma_next": sigma_next, "denoised": denoised})
 
     def __repr__(self) -> str:
-        opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
+        options = dict(self.options())
+        if self.final_step != "zero":
+            options["final_step"] = self.final_step
+        opts = ", ".join(f"{k}={v!r}" for k, v in options.items())
         return f"{type(self).__name__}({opts})"
 
     def options(self) -> dict[str, Any]:

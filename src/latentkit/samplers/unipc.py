@@ -11,6 +11,9 @@ known, which raises the order by one at no extra model call. The coefficients so
 ``R rho = b`` with ``R_ij = r_j^(i-1)`` and ``b_i = h phi_(i+1)(h) i! / B(h)`` (Zhao et al.
 2023, Eq. 8 and App. C); ``B(h) = h`` (``bh1``) or ``expm1(h)`` (``bh2``). Defaults follow
 diffusers' ``UniPCMultistepScheduler``: order 2, ``bh2``, ``lower_order_final``, corrector on.
+UniPC's ``lower_order_final`` is diffusers' rule for it (step ``i`` of ``n`` has order at most
+``n - i``, at any step count); ``euler_at_final`` (not in diffusers' UniPC) makes the last
+step UniP-1.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ class UniPCSampler(SigmaSampler):
         variant: str = "bh2",            # B(h): "bh1" = h, "bh2" = expm1(h)
         use_corrector: bool = True,      # apply UniC after each model call
         lower_order_final: bool = True,  # lower the order over the last steps (diffusers)
+        euler_at_final: bool = False,    # the last step is UniP-1 (the first-order step)
     ) -> None:
         if not 1 <= int(order) <= 3:
             raise ValueError(f"UniPCSampler: order must be 1, 2 or 3, got {order}")
@@ -64,6 +68,7 @@ class UniPCSampler(SigmaSampler):
             raise ValueError(f"UniPCSampler: variant must be 'bh1' or 'bh2', got {variant!r}")
         self.predictor_order, self.variant = int(order), variant
         self.use_corrector, self.lower_order_final = bool(use_corrector), bool(lower_order_final)
+        self.euler_at_final = bool(euler_at_final)
         # Convergence order (Sampler.order): UniC raises the predictor's order by one; the
         # first step (UniP-1, plus UniC-1) caps it at 2 without and 3 with the corrector.
         # Measured: 2 / 3 for orders 1 / 2 with the corrector, 1 / 2 without; order 3 gives
@@ -74,7 +79,7 @@ class UniPCSampler(SigmaSampler):
     def options(self) -> dict[str, Any]:
         """Constructor options."""
         return {"order": self.predictor_order, "variant": self.variant, "use_corrector": self.use_corrector,
-                "lower_order_final": self.lower_order_final}
+                "lower_order_final": self.lower_order_final, "euler_at_final": self.euler_at_final}
 
     def model_calls(self, steps: int) -> int:
         """One call per step (the corrector reuses the next step's evaluation)."""
@@ -128,6 +133,8 @@ class UniPCSampler(SigmaSampler):
             order = min(self.predictor_order, i + 1)
             if self.lower_order_final:
                 order = min(order, steps - i)
+            if self.euler_at_final and i == steps - 1:
+                order = 1
             last_x, last_order = x, order
             x = self._update(x, lams, ds, -math.log(sigma_next), order, None)
         return x

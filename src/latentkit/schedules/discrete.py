@@ -50,15 +50,48 @@ from latentkit.schedules.spacing import (
 )
 
 __all__ = [
+    "AYS_NOISE_LEVELS",
     "CosineSchedule",
     "DiscreteVPSchedule",
     "LinearSchedule",
     "ScaledLinearSchedule",
     "alpha_cumprod_to_sigma",
+    "ays_sigmas",
     "cosine_betas",
     "rescale_zero_terminal_snr",
     "sigma_to_alpha_cumprod",
 ]
+
+
+#: The published 10-step "Align Your Steps" noise levels (Sabour, Fidler & Kreis 2024, "Align
+#: Your Steps: Optimizing Sampling Schedules in Diffusion Models"; the values NVIDIA released
+#: with the paper), in the sigma units of Stable Diffusion's ``scaled_linear`` schedule
+#: (14.6146 .. 0.0292). Spacings ``ays_sd15`` and ``ays_sdxl``.
+AYS_NOISE_LEVELS: dict[str, tuple[float, ...]] = {
+    "ays_sd15": (14.6146412293, 6.4745760956, 3.8636745985, 2.6946151520, 1.8841921177, 1.3943805092,
+                 0.9642583904, 0.6523686016, 0.3977456272, 0.1515232662, 0.0291671582),
+    "ays_sdxl": (14.6146412293, 6.3184485287, 3.7681790315, 2.1811480769, 1.3405244945, 0.8620721141,
+                 0.5550693289, 0.3798540708, 0.2332364134, 0.1114188177, 0.0291671582),
+}
+
+
+def ays_sigmas(name: str, steps: int) -> torch.Tensor:
+    """``steps + 1`` levels of the AYS schedule ``name`` (float64, ending in 0): the published
+    levels at 10 steps, and for other step counts their log-linear interpolation (``log
+    sigma`` linear between the published levels at equally spaced positions), as AYS
+    prescribes for other step counts."""
+    published = torch.tensor(AYS_NOISE_LEVELS[name], dtype=torch.float64)
+    steps = int(steps)
+    if steps == len(published) - 1:
+        levels = published
+    else:
+        where = torch.linspace(0, len(published) - 1, steps + 1, dtype=torch.float64)
+        low = where.floor().long().clamp(max=len(published) - 2)
+        w = where - low
+        logs = published.log()
+        levels = ((1 - w) * logs[low] + w * logs[low + 1]).exp()
+    # the last level (sigma_min) becomes the final 0, as in the published 10-step schedules
+    return torch.cat([levels[:steps], levels.new_zeros(1)])
 
 
 def sigma_to_alpha_cumprod(sigma: torch.Tensor) -> torch.Tensor:
@@ -127,9 +160,6 @@ class DiscreteVPSchedule(Schedule):
         self.zero_snr_alpha_cumprod = float(zero_snr_alpha_cumprod)
         self.steps_offset = int(steps_offset)
         self.rho = float(rho)
-        self._check_spacing(spacing)
-        self.spacing = spacing
-
         betas = self.make_betas().to(torch.float64)
         if betas.shape != (self.num_train_timesteps,) or not bool(((betas > 0) & (betas < 1)).all()):
             raise ValueError(f"{type(self).__name__}: betas must be N values in (0, 1)")
@@ -153,6 +183,13 @@ class DiscreteVPSchedule(Schedule):
         self._tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         if not bool((self.log_sigmas.diff() > 0).all()):
             raise ValueError(f"{type(self).__name__}: sigmas must increase strictly with t")
+        # the AYS spacings where their published levels lie within this schedule's range
+        # (Stable Diffusion's scaled_linear with 1000 steps, or a wider one)
+        lo, hi = min(min(v) for v in AYS_NOISE_LEVELS.values()), max(max(v) for v in AYS_NOISE_LEVELS.values())
+        if self.sigma_min <= lo * (1 + 1e-4) and self.sigma_max >= hi * (1 - 1e-4):
+            self.spacings = (*type(self).spacings, *AYS_NOISE_LEVELS)
+        self._check_spacing(spacing)
+        self.spacing = spacing
 
     @abc.abstractmethod
     def make_betas(self) -> torch.Tensor:
@@ -255,6 +292,8 @@ class DiscreteVPSchedule(Schedule):
             out = sigmas_exponential(steps, self.sigma_min, self.sigma_max)
         elif spacing == "polyexponential":
             out = sigmas_polyexponential(steps, self.sigma_min, self.sigma_max, 1.0 if rho is None else rho)
+        elif spacing in AYS_NOISE_LEVELS:
+            out = ays_sigmas(spacing, steps)
         else:
             out = append_zero(self.t_to_sigma(self.timesteps(steps, spacing)))
         return out.to(device=device, dtype=dtype)

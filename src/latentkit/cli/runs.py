@@ -67,7 +67,9 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
         shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k in ("loss", "lr", "grad_norm"))
         print(f"done: step {trainer.step} ({shown}); checkpoint {trainer.last_checkpoint}", file=out)
         if hasattr(trainer.model, "sample"):
-            print(f"sample it: latentkit sample {trainer.output_dir} --prompt '...' --out grid.png", file=out)
+            keys = getattr(getattr(trainer.model, "conditioner", None), "input_keys", ()) or ()
+            what = "--prompt '...' " if "caption" in keys else "--label 0 " if "label" in keys else ""
+            print(f"sample it: latentkit sample {trainer.output_dir} {what}--out grid.png", file=out)
     return 0
 
 

@@ -83,8 +83,9 @@ def as_string_list(value: Any, *, key: str, owner: str) -> list[str]:
     return list(value)
 
 
-def as_label_tensor(value: Any, *, key: str, owner: str, high: int) -> torch.Tensor:
-    """Validate integer labels (B,) in ``[0, high]`` and return them as a LongTensor."""
+def as_label_tensor(value: Any, *, key: str, owner: str, high: int, null: bool = False) -> torch.Tensor:
+    """Validate integer labels (B,) in ``[0, high]`` and return them as a LongTensor; with
+    ``null``, ``high`` is the null (unconditional) label and the message says so."""
     t = torch.as_tensor(value)
     if t.ndim != 1 or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise ShapeError(
@@ -93,8 +94,9 @@ def as_label_tensor(value: Any, *, key: str, owner: str, high: int) -> torch.Ten
         )
     t = t.long()
     if t.numel() and (int(t.min()) < 0 or int(t.max()) > high):
+        meaning = f" (the classes 0..{high - 1}, and {high} for the null label)" if null else ""
         raise ShapeError(
-            f"{owner}: batch[{key!r}] must lie in [0, {high}], got values in "
+            f"{owner}: batch[{key!r}] must lie in [0, {high}]{meaning}, got values in "
             f"[{int(t.min())}, {int(t.max())}]"
         )
     return t

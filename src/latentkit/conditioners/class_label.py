@@ -72,7 +72,7 @@ class ClassLabelConditioner(BaseConditioner):
     def forward(self, batch: Mapping[str, Any]) -> Conditioning:
         """Embed ``batch[key]``."""
         self.check_batch(batch)
-        labels = as_label_tensor(batch[self.key], key=self.key, owner=self._owner(), high=self.num_classes)
+        labels = as_label_tensor(batch[self.key], key=self.key, owner=self._owner(), high=self.num_classes, null=True)
         return self._embed(labels)
 
     def null(self, batch: Mapping[str, Any]) -> Conditioning:

@@ -249,7 +249,7 @@ def test_a_misspelled_hook_is_a_broken_plugin_and_an_error_in_strict_mode() -> N
 #: The layers of src/latentkit, lowest first: a module may import its own layer and lower ones.
 LAYERS: list[set[str]] = [
     {"errors", "fileio", "validation", "specs", "random", "interfaces", "hookspecs", "plugins",
-     "composition", "layers", "models", "latent_statistics", "checkpoint_files"},
+     "composition", "layers", "models", "latent_statistics", "checkpoint_files", "compilation"},
     {"autoencoders", "conditioners", "data", "denoisers", "samplers", "schedules"},
     {"diffusion", "evaluation"},
     {"interop", "samples"},

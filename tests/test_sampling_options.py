@@ -42,6 +42,7 @@ def test_defaults_are_those_of_the_keyword_api() -> None:
         "guidance_rescale": 0.0, "guidance_interval": None, "rescale_space": None, "negative": None,
         "uncond": None, "dynamic_threshold": None, "seed": None, "generator": None,
         "latent_size": None, "noise": None, "callback": None, "return_latents": False, "clamp": True,
+        "compile": False,
     }
 
 

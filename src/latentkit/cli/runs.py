@@ -39,6 +39,8 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
         overrides["resume"] = args.resume
     if args.no_progress:
         overrides["progress"] = False
+    if args.compile:
+        overrides["compile"] = True
     with stage("reading the config"):
         config = with_overrides(load_config(path), overrides)
     with stage("building the model and data"):
@@ -129,7 +131,7 @@ def _draw(model: Any, config: Any, args: argparse.Namespace, prompts: list[str] 
     sampler, timing = _sampler_and_steps(model, args)
     return draw(model, batch, captions, latent_size=size, negative_prompt=args.negative_prompt, init_image=init,
                 mask=mask, strength=args.strength, sampler=sampler, guidance_scale=args.guidance, seed=args.seed,
-                **timing)
+                **timing, **({"compile": True} if getattr(args, "compile", False) else {}))
 
 
 def _sampler_and_steps(model: Any, args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
@@ -156,6 +158,8 @@ def _add_sampling_options(p: argparse.ArgumentParser, *, default_num: int) -> No
                         "list ending in 0 (replaces --steps)")
     p.add_argument("--force-schedule", action="store_true",
                    help="use a --schedule file optimised for another model or sampler")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the denoiser (eager, with a warning, where it cannot compile)")
     p.add_argument("--guidance", type=float, default=1.0,
                    help="classifier-free guidance scale (default 1 = off)")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default 0)")
@@ -287,6 +291,8 @@ def add_run_commands(sub: Any) -> None:
     p.add_argument("--output", metavar="DIR", help="output directory (overrides [training] output_dir)")
     p.add_argument("--max-steps", type=_positive_int, metavar="N", help="overrides [training] max_steps")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model's compile targets (overrides [training] compile)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(

@@ -429,6 +429,18 @@ class LatentDiffusion(nn.Module):
             )
         return tuple(int(s) for s in size)
 
+    def _compiled_denoiser(self) -> ParameterizedDenoiser:
+        """The parameterized denoiser around a :class:`~latentkit.compilation.CompiledModule`
+        of the backbone, made once and kept (so the compiled graphs are reused)."""
+        cached = self.__dict__.get("_compiled_parameterized")
+        if cached is None or cached.backbone.module is not self.denoiser:
+            from latentkit.compilation import CompiledModule
+
+            backbone = CompiledModule(self.denoiser, what=f"the denoiser ({type(self.denoiser).__name__})")
+            cached = ParameterizedDenoiser(backbone, self.schedule, self.parameterization)  # type: ignore[arg-type]
+            self.__dict__["_compiled_parameterized"] = cached
+        return cached  # type: ignore[no-any-return]
+
     @torch.no_grad()
     def sampling_problem(
         self,
@@ -484,7 +496,7 @@ class LatentDiffusion(nn.Module):
         else:
             x = initial_state(noise, float(sigmas[0]))
 
-        denoise: DenoiseFn = self.parameterized.denoise
+        denoise: DenoiseFn = (self._compiled_denoiser() if options.compile else self.parameterized).denoise
         extra_args: dict[str, Any] = {"cond": cond}
         if guided:
             denoise = ClassifierFreeGuidance(

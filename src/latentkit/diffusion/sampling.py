@@ -232,6 +232,12 @@ def _to_clamp(value: Any) -> bool:
     return value
 
 
+def _to_compile(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _fail("compile", "a bool", value, TypeError)
+    return value
+
+
 def _same(a: Any, b: Any) -> bool:
     """Equality that compares tensors (and mappings and sequences of them) by value."""
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
@@ -282,6 +288,9 @@ class SamplingOptions:
         clamp: clamp the decoded data to the autoencoder's ``data_spec.value_range`` (the
             default, as the command line, the writers and diffusers' image output do); False
             returns the decoder's raw output, which may overshoot the range.
+        compile: run the denoiser through ``torch.compile`` (compiled on the first call and
+            kept with the model for later ones; eager, with one warning, where it cannot
+            compile: :class:`latentkit.compilation.CompiledModule`).
     """
 
     sampler: str | Sampler = attrs.field(default="euler", converter=_to_sampler)  # the solver, by name or object
@@ -318,6 +327,7 @@ class SamplingOptions:
     )
     return_latents: bool = attrs.field(default=False, converter=_to_return_latents)  # skip decoding
     clamp: bool = attrs.field(default=True, converter=_to_clamp)  # decoded data clamped to the data range
+    compile: bool = attrs.field(default=False, converter=_to_compile)  # torch.compile the denoiser
 
     def replace(self, **overrides: Any) -> SamplingOptions:
         """A copy with ``overrides`` applied (validated like the constructor); an unknown name

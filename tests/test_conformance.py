@@ -43,6 +43,7 @@ DETERMINISTIC_SAMPLERS = [
     ("dpmpp_2m_sde", {"eta": 0.0, "solver_type": "heun"}), ("dpmpp_3m_sde", {"eta": 0.0}),
     # The few-step solvers and options (tests/test_fewstep_solvers.py measures their orders too).
     ("dpmpp_3m", {}), ("dpmpp_3m", {"lower_order_final": False}), ("dpmpp_3m", {"euler_at_final": True}),
+    ("dpmpp_3m", {"full_third_order": True}),
     ("dpmpp_2m", {"lower_order_final": True, "euler_at_final": True}),
     ("deis", {}), ("deis", {"order": 1}), ("deis", {"order": 2}), ("deis", {"prediction": "eps"}),
     ("deis", {"prediction": "eps", "order": 2}), ("deis", {"lower_order_final": False}),

@@ -62,7 +62,7 @@ def trace(sampler: Any, denoise: Callable[..., torch.Tensor], x: torch.Tensor, s
 
 def test_new_samplers_declare_order_calls_and_options() -> None:
     expected = {
-        "dpmpp_3m": ({"lower_order_final": True, "euler_at_final": False}, 2),
+        "dpmpp_3m": ({"lower_order_final": True, "euler_at_final": False, "full_third_order": False}, 2),
         "deis": ({"order": 3, "prediction": "data", "lower_order_final": True, "euler_at_final": False}, 2),
         "ipndm": ({"order": 4}, 2),
         "ipndm_v": ({"order": 4}, 2),
@@ -73,6 +73,7 @@ def test_new_samplers_declare_order_calls_and_options() -> None:
         assert [sampler.model_calls(n) for n in (1, 2, 7)] == [1, 2, 7], name
         assert name in BUILTIN_SAMPLERS and repr(sampler).startswith(type(sampler).__name__), name
     assert make("deis", order=1).order == 1 and make("ipndm", order=1).order == 1
+    assert make("dpmpp_3m", full_third_order=True).order == 3
     assert make("unipc").options() == {"order": 2, "variant": "bh2", "use_corrector": True,
                                        "lower_order_final": True, "euler_at_final": False}
     assert make("dpmpp_2m").options() == {"lower_order_final": False, "euler_at_final": False}
@@ -152,6 +153,7 @@ ORDERS = [
     ("deis", {"order": 3, "prediction": "eps"}, 2.75, 3.2),      # 2.86, 2.98, 3.07
     ("dpmpp_3m", {}, 1.6, 2.1),                                  # 1.70, 1.87, 1.94: second order
     ("dpmpp_3m", {"lower_order_final": False}, 1.6, 2.1),
+    ("dpmpp_3m", {"full_third_order": True}, 2.85, 3.25),        # the Taylor weight: third order
     ("ipndm", {}, 1.95, 2.2),                                    # fixed weights: 2 on a non-uniform grid
     ("ipndm_v", {}, 3.5, 3.95),                                  # variable-step AB4: 3.68, 3.80, 3.74
     ("ipndm_v", {"order": 3}, 2.75, 3.1),
@@ -183,8 +185,10 @@ def test_dpmpp_3m_is_second_order_because_of_its_second_difference_weight() -> N
         c0, c1, c2 = quadratic(a), -0.7 + 1.8 * a, 0.9
         return e * x + c0 * (1 - e) + c1 * (h - 1 + e) + c2 * (h * h - 2 * (h - 1 + e))
 
-    for name, exact in (("deis", True), ("dpmpp_3m", False)):
-        out, seen = trace(make(name, lower_order_final=False), denoise, torch.ones(1, 1, dtype=torch.float64), sigmas)
+    for name, config, exact in (("deis", {}, True), ("dpmpp_3m", {}, False),
+                                ("dpmpp_3m", {"full_third_order": True}, True)):
+        sampler = make(name, lower_order_final=False, **config)
+        out, seen = trace(sampler, denoise, torch.ones(1, 1, dtype=torch.float64), sigmas)
         reference = exact_step(float(seen[-1]["x"]), lams[2], lams[3])
         if exact:
             assert float(out) == pytest.approx(reference, rel=1e-12, abs=1e-13)

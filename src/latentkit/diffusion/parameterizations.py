@@ -142,41 +142,38 @@ class Parameterization(abc.ABC):
         start from pure noise override it."""
         return None
 
-    def _infinite(self, sigma: torch.Tensor) -> tuple[torch.Tensor, tuple[float, float, float]] | None:
-        """The mask of items at ``sigma = inf`` and the limits, or None if no item is."""
-        inf = torch.isinf(sigma)
-        if not bool(inf.any()):
-            return None
+    def effective_scalings(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(c_skip, c_out, c_in)`` per item (B,), in the form that multiplies the state
+        ``x``: at ``sigma = inf``, where ``x`` holds the unit noise ``x / sigma``, they are the
+        limits of ``c_skip sigma``, ``c_out`` and ``c_in sigma``. Chosen with ``torch.where`` on
+        the (B,) scalings, so no item is inspected on the host (no device sync per call).
+
+        A parameterization without limits cannot be evaluated there: on the CPU that is a
+        ``ValueError``; on an accelerator it is not checked here (composition already refuses
+        a schedule that starts at inf for it, see :class:`ParameterizedDenoiser`)."""
+        c_skip, c_out, c_in = self.scalings(sigma)
         limits = self.limits_at_infinity()
         if limits is None:
-            raise ValueError(
-                f"the {self.name!r} parameterization cannot be evaluated at sigma = inf (pure "
-                "noise): its scalings diverge there; start the grid at a finite sigma, or use "
-                "a parameterization with limits there (flow, flow_x0, v, x0)"
-            )
-        return inf, limits
+            if sigma.device.type == "cpu" and bool(torch.isinf(sigma).any()):
+                raise ValueError(
+                    f"the {self.name!r} parameterization cannot be evaluated at sigma = inf (pure "
+                    "noise): its scalings diverge there; start the grid at a finite sigma, or use "
+                    "a parameterization with limits there (flow, flow_x0, v, x0)"
+                )
+            return c_skip, c_out, c_in
+        inf = torch.isinf(sigma)
+        skip_lim, out_lim, in_lim = (torch.full_like(c_skip, v) for v in limits)
+        return torch.where(inf, skip_lim, c_skip), torch.where(inf, out_lim, c_out), torch.where(inf, in_lim, c_in)
 
     def skip_and_out(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(c_skip x, c_out)`` broadcast against ``x``, with the limits where sigma is inf
         (``x`` then holds the unit noise ``x / sigma``)."""
-        c_skip, c_out = (append_dims(c, x.ndim) for c in (self.c_skip(sigma), self.c_out(sigma)))
-        skip_x = c_skip * x
-        infinite = self._infinite(sigma)
-        if infinite is not None:
-            inf, (skip_lim, out_lim, _) = infinite
-            mask = append_dims(inf, x.ndim)
-            skip_x = torch.where(mask, skip_lim * x, skip_x)
-            c_out = torch.where(mask, torch.full_like(c_out, out_lim), c_out)
-        return skip_x, c_out
+        c_skip, c_out, _ = self.effective_scalings(sigma)
+        return append_dims(c_skip, x.ndim) * x, append_dims(c_out, x.ndim)
 
     def scale_input(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """The backbone input ``c_in x`` (its limit where sigma is inf)."""
-        scaled = x * append_dims(self.c_in(sigma), x.ndim)
-        infinite = self._infinite(sigma)
-        if infinite is not None:
-            inf, (_, _, in_lim) = infinite
-            scaled = torch.where(append_dims(inf, x.ndim), in_lim * x, scaled)
-        return scaled
+        return x * append_dims(self.effective_scalings(sigma)[2], x.ndim)
 
     def target(self, x0: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """Training target of the backbone, ``(x0 - c_skip x) / c_out`` (Karras et al. 2022,

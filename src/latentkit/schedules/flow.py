@@ -178,11 +178,10 @@ class FlowSchedule(Schedule):
             f"t_distribution={self.t_distribution!r})"
         )
 
-    #: The sampling grid depends on the latent size (dynamic shift): the pipeline passes
-    #: ``latent_shape=`` to :meth:`sigmas`.
     @property
     def resolution_dependent(self) -> bool:
-        """True with the dynamic shift."""
+        """True with the dynamic shift: the sampling grid depends on the latent size, so the
+        pipeline passes ``latent_shape=`` to :meth:`sigmas`."""
         return self.dynamic_shift
 
     # ------------------------------------------------------------------ t grids
